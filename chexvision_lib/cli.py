@@ -1,0 +1,202 @@
+"""The `chexvision` command: synth, prepare, train, evaluate, predict, demo.
+
+Each subcommand is a thin shell over one library function; `chexvision <cmd> --help` lists options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from chexvision_lib.evaluate import DISCLAIMER
+
+
+def _train_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --flag per TrainConfig field, typed from the dataclass (one source of truth)."""
+    from chexvision_lib.train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        hint = hints[field.name]
+        args = typing.get_args(hint)
+        if hint is bool:
+            parser.add_argument(
+                flag,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+            )
+        elif typing.get_origin(hint) is typing.Literal:
+            parser.add_argument(flag, dest=field.name, choices=args, default=argparse.SUPPRESS)
+        else:
+            base = next((a for a in args if a is not type(None)), hint) if args else hint
+            parser.add_argument(
+                flag,
+                dest=field.name,
+                type=base,
+                default=argparse.SUPPRESS,
+                required=field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING,
+            )
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from chexvision_lib.synthetic import write_synthetic_nih
+
+    summary = write_synthetic_nih(
+        args.out, n_patients=args.patients, image_size=args.size, seed=args.seed
+    )
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from chexvision_lib.prepare import prepare
+
+    folder = prepare(
+        args.root,
+        args.out,
+        size=args.size,
+        kind=args.kind,
+        metadata_root=args.metadata_root,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        views=tuple(args.views.split(",")) if args.views else None,
+        skip_bad=args.skip_bad,
+        clahe=args.clahe,
+        workers=args.workers,
+    )
+    info = json.loads((folder / "cache.json").read_text())
+    print(f"cache ready: {folder} ({info['n']} images at {args.size}px, {info['n_failed']} failed)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from chexvision_lib.config import from_dict
+    from chexvision_lib.train import TrainConfig, fit, load_checkpoint
+
+    values = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "config")}
+    if args.resume:
+        saved = load_checkpoint(Path(args.resume) / "checkpoints" / "last.pt")["config"]
+        extra = {k: v for k, v in values.items() if saved.get(k) != v}
+        if extra:
+            raise SystemExit(
+                f"--resume continues the run with its own config; drop {sorted(extra)}"
+            )
+        config = from_dict(TrainConfig, saved)
+    else:
+        if args.config:
+            values = {**json.loads(Path(args.config).read_text()), **values}
+        for required in ("cache", "out"):
+            if required not in values:
+                raise SystemExit(f"train: --{required} is required (or --resume RUN_DIR)")
+        config = from_dict(TrainConfig, values)
+    run = fit(config, resume=bool(args.resume))
+    print(f"run folder: {run}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from chexvision_lib.evaluate import evaluate_run, summary_line
+
+    metrics = evaluate_run(
+        args.run, args.split, cache=args.cache, device=args.device, n_resamples=args.resamples
+    )
+    print(summary_line(metrics))
+    print(f"wrote {Path(args.run) / args.split / 'metrics.json'} and predictions.csv")
+    print(DISCLAIMER)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from chexvision_lib.predict import predict_images
+    from chexvision_lib.train import load_model
+
+    model = load_model(args.model, revision=args.revision)
+    frame = predict_images(model, args.images, batch_size=args.batch_size, amp=args.amp)
+    if args.json:
+        print(frame.to_json(orient="records", indent=2))
+    else:
+        with_columns = frame.set_index("image").T
+        print(with_columns.to_string(float_format=lambda v: f"{v:.4f}"))
+        print(DISCLAIMER)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from chexvision_lib.demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chexvision", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("synth", help="write the built-in synthetic NIH-layout dataset")
+    p.add_argument("out")
+    p.add_argument("--patients", type=int, default=240)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = commands.add_parser("prepare", help="index a dataset and decode it once into a cache")
+    p.add_argument("root", help="NIH copy, parquet folder, class folders or path,label CSV")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--kind", choices=["auto", "nih", "hub", "binary"], default="auto")
+    p.add_argument("--metadata-root", help="for --kind hub: folder with Data_Entry CSV + lists")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--views", help="comma-separated view positions to keep, e.g. PA or PA,AP")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip (and count) missing/unreadable images instead of stopping",
+    )
+    p.add_argument("--clahe", action="store_true", help="apply CLAHE once, at cache time")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=cmd_prepare)
+
+    p = commands.add_parser("train", help="train a model on a prepared cache")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    p.add_argument("--config", help="JSON file of TrainConfig values (flags override)")
+    _train_config_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("evaluate", help="predictions.csv + metrics.json for a split")
+    p.add_argument("run")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--cache", help="another cache to evaluate on (external validation)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resamples", type=int, default=2000, help="patient bootstrap resamples")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("predict", help="score image files with a model")
+    p.add_argument("model", help="run folder, model folder or Hub repo id")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--revision", help="Hub revision (commit hash) when MODEL is a repo id")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--amp", choices=["off", "bf16", "fp16", "auto"], default="off")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser("demo", help="synthetic data -> cache -> train -> evaluate")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a few seconds of training (CI)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"chexvision {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Evaluation: score a split with the shipped model -> predictions.csv -> metrics.json.
+
+Everything in metrics.json is computed from predictions.csv alone (`metrics_from_predictions`), so
+any figure can be recomputed, compared or re-bootstrapped without the model or the images. The
+thresholds are those chosen on validation and stored in the model's config.json — never tuned on
+the split being reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from chexvision_lib.batches import BatchLoader, CachedSplit
+from chexvision_lib.cache import write_json_atomic
+from chexvision_lib.labels import ABNORMAL, FINDINGS, OUTPUTS
+from chexvision_lib.metrics import binary_metrics, bootstrap_auc, per_class_auc
+from chexvision_lib.train import autocast_dtype, load_model, predict_loader, resolve_device
+
+DISCLAIMER = (
+    "Research and teaching use only. Not a medical device; not for clinical diagnosis or "
+    "patient management."
+)
+METADATA_COLUMNS = ("image_id", "patient", "age", "sex", "view")
+
+
+def prob_column(name: str) -> str:
+    return f"prob_{name}"
+
+
+def label_column(name: str) -> str:
+    return f"label_{name}"
+
+
+def predictions_frame(
+    metadata: pd.DataFrame, probs: np.ndarray, labels: np.ndarray
+) -> pd.DataFrame:
+    """One row per image: metadata, 15 probabilities, 15 labels (-1 = unknown)."""
+    frame = metadata.reset_index(drop=True).copy()
+    for i, name in enumerate(OUTPUTS):
+        frame[prob_column(name)] = probs[:, i]
+    for i, name in enumerate(OUTPUTS):
+        frame[label_column(name)] = labels[:, i].astype(int)
+    return frame
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, dtype={"patient": str, "image_id": str})
+    missing = [
+        c
+        for c in ("image_id", "patient", prob_column(ABNORMAL), label_column(ABNORMAL))
+        if c not in frame.columns
+    ]
+    if missing:
+        raise ValueError(f"{path}: not a CheXVision predictions file (missing {missing})")
+    return frame
+
+
+def _clean(value: object) -> object:
+    """JSON-safe: NaN -> None, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def metrics_from_predictions(
+    frame: pd.DataFrame,
+    thresholds: list[float | None],
+    *,
+    split: str,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """AUCs with patient-bootstrap 95% CIs, and operating-point metrics at the stored thresholds
+    and at 0.5, for each of the 15 outputs that has labels and probabilities."""
+    probs = frame[[prob_column(n) for n in OUTPUTS]].to_numpy(dtype=np.float64)
+    labels = frame[[label_column(n) for n in OUTPUTS]].to_numpy(dtype=np.float64)
+    usable = [
+        i
+        for i in range(len(OUTPUTS))
+        if not np.isnan(probs[:, i]).all() and (labels[:, i] >= 0).any()
+    ]
+    aucs = per_class_auc(labels[:, usable], probs[:, usable])
+    ci = bootstrap_auc(
+        labels[:, usable],
+        probs[:, usable],
+        frame["patient"].to_numpy(),
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    outputs: dict[str, dict] = {}
+    for j, i in enumerate(usable):
+        name = OUTPUTS[i]
+        known = labels[:, i] >= 0
+        y, p = labels[known, i], probs[known, i]
+        entry = {
+            "auc": float(aucs[j]),
+            "auc_ci95": [float(ci["lower"][j]), float(ci["upper"][j])],
+            "n": int(known.sum()),
+            "positives": int(y.sum()),
+            "at_0.5": binary_metrics(y, p, 0.5),
+        }
+        if thresholds[i] is not None:
+            entry["at_validation_threshold"] = binary_metrics(y, p, float(thresholds[i]))
+        outputs[name] = entry
+    finding_aucs = [outputs[f]["auc"] for f in FINDINGS if f in outputs]
+    finding_idx = [j for j, i in enumerate(usable) if i < len(FINDINGS)]
+    result = {
+        "split": split,
+        "n_images": len(frame),
+        "n_patients": int(frame["patient"].nunique()),
+        "macro_auc": float(np.nanmean(finding_aucs)) if finding_aucs else None,
+        "binary_auc": outputs.get(ABNORMAL, {}).get("auc"),
+        "bootstrap": {
+            "unit": "patient",
+            "n_resamples": n_resamples,
+            "seed": seed,
+            "confidence": 0.95,
+        },
+        "outputs": outputs,
+        "thresholds": dict(zip(OUTPUTS, thresholds, strict=True)),
+        "disclaimer": DISCLAIMER,
+    }
+    if finding_idx and len(finding_idx) == len(FINDINGS):
+        # The macro CI comes from the same resamples (all 14 findings present in each).
+        result["macro_auc_ci95"] = [float(ci["macro_lower"]), float(ci["macro_upper"])]
+    if ABNORMAL in outputs:
+        result["binary"] = outputs[ABNORMAL].get(
+            "at_validation_threshold", outputs[ABNORMAL]["at_0.5"]
+        )
+    return _clean(result)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str = "test",
+    *,
+    cache: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    n_resamples: int = 2000,
+    show_progress: bool = True,
+) -> dict:
+    """Score `split` of the run's cache (or another cache) with the run's shipped model.
+
+    Writes RUN/<split>/predictions.csv and RUN/<split>/metrics.json; returns the metrics.
+    """
+    run = Path(run_dir)
+    config_path = run / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{run} is not a run folder (no config.json)")
+    config = json.loads(config_path.read_text())
+    torch_device = resolve_device(device)
+    model = load_model(run, device=torch_device)
+    data = CachedSplit(cache or config["cache"]["path"], split)
+    loader = BatchLoader(data, batch_size, torch_device, shuffle=False)
+    probs, labels = predict_loader(
+        model,
+        loader,
+        model.preprocessing,
+        autocast_dtype("auto", torch_device),
+        channels_last=torch_device.type == "cuda",
+        desc=f"evaluate {split}",
+        show_progress=show_progress,
+    )
+    frame = predictions_frame(data.metadata(), probs, labels)
+    out = run / split
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "predictions.csv", index=False)
+    metrics = metrics_from_predictions(
+        frame, model.thresholds, split=split, n_resamples=n_resamples
+    )
+    metrics["model"] = {"arch": model.arch, "run": str(run), "best_epoch": config.get("best_epoch")}
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def summary_line(metrics: dict) -> str:
+    parts = [f"{metrics['split']}: {metrics['n_images']} images / {metrics['n_patients']} patients"]
+    if metrics.get("macro_auc") is not None:
+        ci = metrics.get("macro_auc_ci95")
+        parts.append(
+            f"macro AUC {metrics['macro_auc']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+        )
+    if metrics.get("binary_auc") is not None:
+        ci = metrics["outputs"][ABNORMAL]["auc_ci95"]
+        parts.append(f"binary AUC {metrics['binary_auc']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]")
+    return ", ".join(parts)
+
+
+torch_no_grad = torch.no_grad  # re-exported for notebooks that score interactively
