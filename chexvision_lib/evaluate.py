@@ -91,22 +91,29 @@ def metrics_from_predictions(
         for i in range(len(OUTPUTS))
         if not np.isnan(probs[:, i]).all() and (labels[:, i] >= 0).any()
     ]
-    aucs = per_class_auc(labels[:, usable], probs[:, usable])
-    ci = bootstrap_auc(
-        labels[:, usable],
-        probs[:, usable],
-        frame["patient"].to_numpy(),
-        n_resamples=n_resamples,
-        seed=seed,
-    )
+    # Findings are bootstrapped together so the macro AUC's CI comes from the same resamples;
+    # the abnormal output separately (it is not part of the macro average).
+    lower, upper = np.full(len(OUTPUTS), np.nan), np.full(len(OUTPUTS), np.nan)
+    macro_ci = None
+    patients = frame["patient"].to_numpy()
+    for group in ([i for i in usable if i < len(FINDINGS)], [i for i in usable if i == 14]):
+        if not group:
+            continue
+        ci = bootstrap_auc(
+            labels[:, group], probs[:, group], patients, n_resamples=n_resamples, seed=seed
+        )
+        lower[group], upper[group] = ci["lower"], ci["upper"]
+        if group[0] < len(FINDINGS) and len(group) == len(FINDINGS):
+            macro_ci = [float(ci["macro_lower"]), float(ci["macro_upper"])]
+    aucs = per_class_auc(labels, probs)
     outputs: dict[str, dict] = {}
-    for j, i in enumerate(usable):
+    for i in usable:
         name = OUTPUTS[i]
         known = labels[:, i] >= 0
         y, p = labels[known, i], probs[known, i]
         entry = {
-            "auc": float(aucs[j]),
-            "auc_ci95": [float(ci["lower"][j]), float(ci["upper"][j])],
+            "auc": float(aucs[i]),
+            "auc_ci95": [float(lower[i]), float(upper[i])],
             "n": int(known.sum()),
             "positives": int(y.sum()),
             "at_0.5": binary_metrics(y, p, 0.5),
@@ -115,7 +122,6 @@ def metrics_from_predictions(
             entry["at_validation_threshold"] = binary_metrics(y, p, float(thresholds[i]))
         outputs[name] = entry
     finding_aucs = [outputs[f]["auc"] for f in FINDINGS if f in outputs]
-    finding_idx = [j for j, i in enumerate(usable) if i < len(FINDINGS)]
     result = {
         "split": split,
         "n_images": len(frame),
@@ -132,9 +138,8 @@ def metrics_from_predictions(
         "thresholds": dict(zip(OUTPUTS, thresholds, strict=True)),
         "disclaimer": DISCLAIMER,
     }
-    if finding_idx and len(finding_idx) == len(FINDINGS):
-        # The macro CI comes from the same resamples (all 14 findings present in each).
-        result["macro_auc_ci95"] = [float(ci["macro_lower"]), float(ci["macro_upper"])]
+    if macro_ci is not None:
+        result["macro_auc_ci95"] = macro_ci
     if ABNORMAL in outputs:
         result["binary"] = outputs[ABNORMAL].get(
             "at_validation_threshold", outputs[ABNORMAL]["at_0.5"]

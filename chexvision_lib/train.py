@@ -443,8 +443,10 @@ def fit(config: TrainConfig, resume: bool = False, show_progress: bool = True) -
         write_json_atomic(run / "config.json", resolved)
 
     show = show_progress and dist.is_main
+    # A run that already stopped early is finished: resuming it only re-derives the thresholds.
+    last_epoch = state["epoch"] if state.get("stopped_early") else config.epochs
     epoch_bar = tqdm(
-        range(state["epoch"], config.epochs),
+        range(state["epoch"], last_epoch),
         desc="epochs",
         disable=not show,
         initial=state["epoch"],
