@@ -194,8 +194,7 @@ def save_model_folder(model: ChestClassifier, folder: Path, extra: dict) -> None
     """save_pretrained into a temporary folder, then swap it in place of `folder`."""
     temporary = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
-    unwrapped = model
-    unwrapped.save_pretrained(temporary, config={**unwrapped.hub_config(), **extra})
+    model.save_pretrained(temporary, config=extra)
     (temporary / "README.md").unlink(missing_ok=True)  # the card is written by `publish`
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
