@@ -25,7 +25,7 @@ from typing import Any
 import safetensors.torch
 import torch
 import torchvision.models as tvm
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
@@ -519,17 +519,53 @@ class ChestClassifier(
         return super().save_pretrained(save_directory, config=full_config, **kwargs)
 
     @classmethod
-    def _from_pretrained(cls, *, strict: bool = True, **kwargs: Any) -> ChestClassifier:
-        # The mixin's default is strict=False, which would silently keep random weights for
-        # any key the file lacks; a saved ChestClassifier must load completely.
-        return super()._from_pretrained(strict=strict, **kwargs)
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        map_location: str = "cpu",
+        strict: bool = True,
+        **model_kwargs: Any,
+    ) -> ChestClassifier:
+        """Rebuild from config.json, then load model.safetensors — and only that file.
 
-    @classmethod
-    def _load_as_pickle(cls, model: Any, model_file: str, map_location: str, strict: bool) -> Any:
-        raise ValueError(
-            f"{model_file}: refusing to load a pickled checkpoint; ChestClassifier folders and "
-            "repositories must contain model.safetensors"
+        Replaces the mixin's loader, which defaults to strict=False (silently keeping random
+        weights for missing keys), falls back to pickled pytorch_model.bin, and prints to stdout
+        (which would corrupt `chexvision predict --json`).
+        """
+        model = cls(**model_kwargs)
+        if Path(model_id).is_dir():
+            weights = Path(model_id) / "model.safetensors"
+            if not weights.is_file():
+                raise FileNotFoundError(
+                    f"{model_id}: no model.safetensors (pickled checkpoints are not loaded)"
+                )
+        else:
+            weights = Path(
+                hf_hub_download(
+                    repo_id=model_id,
+                    filename="model.safetensors",
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    force_download=force_download,
+                    token=token,
+                    local_files_only=local_files_only,
+                )
+            )
+        missing, unexpected = safetensors.torch.load_model(
+            model, weights, strict=False, device=str(map_location)
         )
+        if strict and (missing or unexpected):
+            raise RuntimeError(
+                f"{weights}: weights do not match the architecture in config.json "
+                f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
+            )
+        return model.eval()
 
 
 # --------------------------------------------------------------------------------------------

@@ -197,7 +197,7 @@ def test_masked_loss_ignores_unknown_labels():
         logits[:, 0], labels[:, 0], pos_weight=torch.tensor(2.0)
     )
     assert masked_bce(logits, labels, torch.tensor([2.0, 5.0])) == pytest.approx(expected.item())
-    assert positive_weights(np.array([[1, -1], [0, 0], [0, 1], [0, -1]])).tolist() == [2.0, 1.0]
+    assert positive_weights(np.array([[1, -1], [0, 0], [0, 1], [0, -1]])).tolist() == [3.0, 1.0]
 
 
 def test_bad_inputs_give_clear_errors(cache: Path, tmp_path: Path):
