@@ -78,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from chexvision_lib.config import from_dict
     from chexvision_lib.train import TrainConfig, fit, load_checkpoint
 
-    values = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "config")}
+    values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "resume", "config")}
     if args.resume:
         saved = load_checkpoint(Path(args.resume) / "checkpoints" / "last.pt")["config"]
         extra = {k: v for k, v in values.items() if saved.get(k) != v}
