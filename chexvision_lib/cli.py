@@ -78,7 +78,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from chexvision_lib.config import from_dict
     from chexvision_lib.train import TrainConfig, fit, load_checkpoint
 
-    values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "resume", "config")}
+    values = {
+        k: v for k, v in vars(args).items() if k not in ("func", "command", "resume", "config")
+    }
     if args.resume:
         saved = load_checkpoint(Path(args.resume) / "checkpoints" / "last.pt")["config"]
         extra = {k: v for k, v in values.items() if saved.get(k) != v}
@@ -121,6 +123,46 @@ def cmd_predict(args: argparse.Namespace) -> None:
         with_columns = frame.set_index("image").T
         print(with_columns.to_string(float_format=lambda v: f"{v:.4f}"))
         print(DISCLAIMER)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from chexvision_lib import report
+
+    report.write_figures(args.run, args.split)
+    for output in args.cam_outputs.split(","):
+        report.gradcam_grid(args.run, args.split, output=output)
+    print(f"figures in {Path(args.run) / args.split / 'figures'}")
+    if args.bbox or report.find_bbox_list(args.run):
+        table = report.localisation_report(args.run, args.split, bbox_csv=args.bbox)
+        overall = table[table["finding"] == "all"].set_index("method")
+        print(overall.to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from chexvision_lib.compare import compare_runs, format_comparison
+
+    table = compare_runs(args.run_a, args.run_b, args.split)
+    print(format_comparison(table, "A", "B"))
+    if args.out:
+        table.to_csv(args.out, index=False)
+
+
+def cmd_labels(args: argparse.Namespace) -> None:
+    from chexvision_lib import label_sets
+    from chexvision_lib.compare import predictions_path
+    from chexvision_lib.evaluate import read_predictions
+
+    predictions = read_predictions(predictions_path(args.run, args.split))
+    if args.google:
+        table = label_sets.score_against_google(
+            predictions, label_sets.read_google_labels(args.google), n_resamples=args.resamples
+        )
+    else:
+        table = label_sets.score_against_binary(
+            predictions, label_sets.read_binary_labels(args.binary), n_resamples=args.resamples
+        )
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(DISCLAIMER)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -171,6 +213,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--resamples", type=int, default=2000, help="patient bootstrap resamples")
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("report", help="figures, Grad-CAM grid, localisation scores")
+    p.add_argument("run")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument(
+        "--cam-outputs",
+        default="Abnormal",
+        help="comma-separated outputs for Grad-CAM grids, e.g. Abnormal,Effusion",
+    )
+    p.add_argument("--bbox", help="BBox_List_2017.csv (default: found beside the run's data)")
+    p.set_defaults(func=cmd_report)
+
+    p = commands.add_parser("compare", help="DeLong test of two runs on the same images")
+    p.add_argument("run_a", help="run folder or predictions.csv")
+    p.add_argument("run_b", help="run folder or predictions.csv")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--out", help="also write the table as CSV")
+    p.set_defaults(func=cmd_compare)
+
+    p = commands.add_parser("labels", help="score predictions against another label set")
+    p.add_argument("run", help="run folder or predictions.csv")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--google", help="google2019_nih-chest-xray-labels.csv(.gz)")
+    group.add_argument("--binary", help="a Tang-style 'image 0|1' label list")
+    p.add_argument("--resamples", type=int, default=2000)
+    p.set_defaults(func=cmd_labels)
 
     p = commands.add_parser("predict", help="score image files with a model")
     p.add_argument("model", help="run folder, model folder or Hub repo id")

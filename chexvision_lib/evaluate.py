@@ -19,7 +19,14 @@ import torch
 from chexvision_lib.batches import BatchLoader, CachedSplit
 from chexvision_lib.cache import write_json_atomic
 from chexvision_lib.labels import ABNORMAL, FINDINGS, OUTPUTS
-from chexvision_lib.metrics import binary_metrics, bootstrap_auc, per_class_auc
+from chexvision_lib.metrics import (
+    age_band,
+    binary_metrics,
+    bootstrap_auc,
+    per_class_auc,
+    subgroup_table,
+)
+from chexvision_lib.splits import file_sha256
 from chexvision_lib.train import autocast_dtype, load_model, predict_loader, resolve_device
 
 DISCLAIMER = (
@@ -147,6 +154,36 @@ def metrics_from_predictions(
     return _clean(result)
 
 
+SUBGROUP_COLUMNS = ("sex", "age_band", "view")
+
+
+def subgroups_from_predictions(frame: pd.DataFrame) -> pd.DataFrame:
+    """AUC per subgroup (sex, age band, view position) per output, with counts.
+
+    Long format: group_column, value, output, n_images, n_positive, auc. Outputs without labels
+    (findings of a binary dataset) are left out; groups with one class get a NaN AUC.
+    """
+    frame = frame.assign(age_band=age_band(frame["age"].to_numpy(dtype=float)))
+    usable = [
+        n
+        for n in OUTPUTS
+        if (frame[label_column(n)] >= 0).any() and frame[prob_column(n)].notna().any()
+    ]
+    tables = []
+    for column in SUBGROUP_COLUMNS:
+        if frame[column].fillna("").astype(str).str.len().eq(0).all():
+            continue  # e.g. external datasets without sex/view
+        table = subgroup_table(
+            frame, column, [label_column(n) for n in usable], [prob_column(n) for n in usable]
+        )
+        table = table.rename(columns={column: "value"})
+        table.insert(0, "group_column", column)
+        table["output"] = table["output"].str.removeprefix("label_")
+        tables.append(table)
+    columns = ["group_column", "value", "output", "n_images", "n_positive", "auc"]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
+
+
 def evaluate_run(
     run_dir: str | Path,
     split: str = "test",
@@ -159,7 +196,7 @@ def evaluate_run(
 ) -> dict:
     """Score `split` of the run's cache (or another cache) with the run's shipped model.
 
-    Writes RUN/<split>/predictions.csv and RUN/<split>/metrics.json; returns the metrics.
+    Writes RUN/<split>/predictions.csv, metrics.json and subgroups.csv; returns the metrics.
     """
     run = Path(run_dir)
     config_path = run / "config.json"
@@ -183,10 +220,20 @@ def evaluate_run(
     out = run / split
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "predictions.csv", index=False)
+    subgroups_from_predictions(frame).to_csv(out / "subgroups.csv", index=False)
     metrics = metrics_from_predictions(
         frame, model.thresholds, split=split, n_resamples=n_resamples
     )
-    metrics["model"] = {"arch": model.arch, "run": str(run), "best_epoch": config.get("best_epoch")}
+    model_config = json.loads((run / "model" / "config.json").read_text())
+    # Which checkpoint produced these numbers: a model card may only quote metrics whose
+    # weights hash matches the weights it ships.
+    metrics["model"] = {
+        "arch": model.arch,
+        "run": str(run),
+        "best_epoch": model_config.get("best_epoch"),
+        "weights_sha256": file_sha256(run / "model" / "model.safetensors"),
+    }
+    metrics["data_source"] = config.get("data_source", {}).get("kind")
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
 
