@@ -285,7 +285,8 @@ def predict_loader(
         positions.append(index.to(device))
     p = torch.cat(probs) if probs else torch.zeros(0, 1, device=device)
     pos = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long, device=device)
-    p, pos = distributed.gather(p), distributed.gather(pos)
+    if loader.world_size > 1:  # every rank must get here: gather is a collective
+        p, pos = distributed.gather(p), distributed.gather(pos)
     n = len(loader.data)
     out = np.full((n, NUM_FINDINGS + 1), np.nan, dtype=np.float64)
     pos_np, p_np = pos.cpu().numpy(), p.cpu().numpy().astype(np.float64)
