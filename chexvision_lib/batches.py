@@ -117,20 +117,32 @@ class BatchLoader:
         self.epoch = epoch
 
     def _order(self) -> np.ndarray:
+        """This rank's positions for the epoch, before batching.
+
+        Training (drop_last) keeps the first multiple of world_size x batch_size of the shuffled
+        order, so N ranks take exactly the optimiser steps and images of one process with an
+        N-times larger batch. Evaluation pads by repeating the first positions (like
+        DistributedSampler) so every rank has the same number of batches; the duplicates are
+        dropped after gathering.
+        """
         n = len(self.data)
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(n, generator=generator).numpy()
         else:
             order = np.arange(n)
+        if self.drop_last:
+            step = self.world_size * self.batch_size
+            return order[: n // step * step][self.rank :: self.world_size]
         per_rank = math.ceil(n / self.world_size)
         padded = np.concatenate([order, order[: per_rank * self.world_size - n]])
         return padded[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        per_rank = math.ceil(len(self.data) / self.world_size)
-        full, rest = divmod(per_rank, self.batch_size)
-        return full if self.drop_last or rest == 0 else full + 1
+        n = len(self.data)
+        if self.drop_last:
+            return n // (self.world_size * self.batch_size)
+        return math.ceil(math.ceil(n / self.world_size) / self.batch_size)
 
     def _batches(self) -> Iterator[np.ndarray]:
         order = self._order()

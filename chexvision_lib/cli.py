@@ -39,9 +39,8 @@ def _train_config_arguments(parser: argparse.ArgumentParser) -> None:
                 flag,
                 dest=field.name,
                 type=base,
+                # --cache and --out are checked in cmd_train: --resume needs neither
                 default=argparse.SUPPRESS,
-                required=field.default is dataclasses.MISSING
-                and field.default_factory is dataclasses.MISSING,
             )
 
 

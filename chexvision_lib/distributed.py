@@ -75,6 +75,13 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[: int(n.item())] for part, n in zip(parts, lengths, strict=True)])
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks (in place); a no-op in a single process."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+    return tensor
+
+
 def barrier() -> None:
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.barrier()

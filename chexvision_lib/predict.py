@@ -1,14 +1,25 @@
 """Score radiograph files with a model folder: any PNG/JPEG, any size or mode.
 
-Images are decoded with the same `image_io.load_grey` as the cache, resized straight to the model's
-input size, and scored in batches. Decoding runs in a thread pool (PIL releases the GIL while it
-decodes), so on a 2-core machine decode and model overlap.
+The pixels are those of `image_io.load_grey`, the definition the cache uses, so with amp="off"
+a file scores exactly as its cached copy does in `evaluate`. Three things make it fast:
+- 8-bit greyscale PNGs (101 of the 103 real NIH files here) are decoded by OpenCV when it is
+  installed: the same pixels as PIL (PNG is lossless; both return the file's samples), ~15-20 %
+  faster decode + resize per core (benchmarks/bench_decode.py). The resize stays PIL's, as in
+  `load_grey`. Every other file goes through `load_grey` itself.
+- Decoding runs in a thread pool (OpenCV and PIL release the GIL), a batch ahead of the model, so
+  on a GPU the model never waits for the CPU, and on a CPU decode fills the model's idle gaps.
+- The model runs under inference_mode in channels_last. amp="bf16" scores with a bfloat16 copy of
+  the weights (on CPUs with AVX512-BF16/AMX roughly 2-3x fp32; probabilities move by ~1e-3, see
+  benchmarks/README.md); amp="off" (the default) is fp32 and exact.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,41 +28,122 @@ import torch
 
 from chexvision_lib.batches import normalise
 from chexvision_lib.evaluate import DISCLAIMER, prob_column
-from chexvision_lib.image_io import load_grey
+from chexvision_lib.image_io import MAX_PIXELS, MIN_SIDE, load_grey, resize_square
 from chexvision_lib.labels import ABNORMAL, OUTPUTS
 from chexvision_lib.models import ChestClassifier
 from chexvision_lib.train import autocast_dtype
 
 __all__ = ["predict_images", "predict_arrays", "DISCLAIMER"]
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of a whole PNG
+# How many batches are decoded ahead of the one the model is scoring.
+DECODE_AHEAD = 2
+
+
+def _is_8bit_grey_png(data: bytes) -> bool:
+    """A whole PNG whose IHDR says bit depth 8, colour type 0 (grey, no alpha): OpenCV's
+    IMREAD_UNCHANGED returns its samples as they are, exactly what PIL's mode "L" gives.
+    Truncated files are left to `load_grey`, which names them in its error."""
+    return (
+        len(data) > 33
+        and data[:8] == PNG_SIGNATURE
+        and data[12:16] == b"IHDR"
+        and data[24] == 8
+        and data[25] == 0
+        and data.endswith(PNG_END)
+    )
+
+
+@functools.cache
+def _opencv():
+    """OpenCV if installed (requirements.txt has it; the package does not require it), else None:
+    then every file is decoded by `load_grey`, with the same pixels, only slower."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def decode_grey(path: str | Path, size: int) -> np.ndarray:
+    """`image_io.load_grey(path, size)`, pixel for pixel, decoding 8-bit grey PNGs with OpenCV."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return load_grey(path, size)  # raises ImageDecodeError naming the file
+    cv2 = _opencv()
+    if cv2 is not None and _is_8bit_grey_png(data):
+        grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if (
+            grey is not None
+            and grey.ndim == 2
+            and grey.dtype == np.uint8
+            and min(grey.shape) >= MIN_SIDE
+            and grey.size <= MAX_PIXELS
+        ):
+            return resize_square(grey, size)
+    return load_grey(path, size)  # every other file, and any OpenCV could not decode
+
 
 def _decoded_batches(
     paths: Sequence[str | Path], size: int, batch_size: int, workers: int
 ) -> Iterator[np.ndarray]:
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            yield np.stack(list(pool.map(lambda p: load_grey(p, size), chunk)))
+    """uint8 (B, size, size) batches in order, `DECODE_AHEAD` batches decoded ahead."""
+    starts = iter(range(0, len(paths), batch_size))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: deque[list[Future]] = deque()
+
+        def submit_next() -> None:
+            start = next(starts, None)
+            if start is not None:
+                chunk = paths[start : start + batch_size]
+                pending.append([pool.submit(decode_grey, p, size) for p in chunk])
+
+        for _ in range(DECODE_AHEAD + 1):
+            submit_next()
+        while pending:
+            futures = pending.popleft()
+            submit_next()
+            yield np.stack([future.result() for future in futures])
 
 
-@torch.no_grad()
+class _Scorer:
+    """The model prepared once for scoring: eval, channels_last, and for bf16 on the CPU a
+    bfloat16 copy of the weights (autocast would re-cast every weight at every batch)."""
+
+    def __init__(self, model: ChestClassifier, amp: str) -> None:
+        model.eval()
+        self.device = next(model.parameters()).device
+        self.spec = model.preprocessing
+        self.dtype = autocast_dtype(amp, self.device)
+        self.input_dtype = torch.float32
+        if self.dtype == torch.bfloat16 and self.device.type == "cpu":
+            model = copy.deepcopy(model).to(torch.bfloat16)
+            self.input_dtype, self.dtype = torch.bfloat16, None
+        self.model = model.to(memory_format=torch.channels_last)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        spec = self.spec
+        with torch.inference_mode():
+            x = normalise(
+                torch.from_numpy(pixels).unsqueeze(1).to(self.device),
+                spec["mean"][0],
+                spec["std"][0],
+                spec["image_size"],
+            )
+            x = x.to(self.input_dtype).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                probs = torch.sigmoid(self.model(x).float())
+        out = np.full((len(pixels), len(OUTPUTS)), np.nan)
+        out[:, -probs.shape[1] :] = probs.cpu().numpy()
+        return out
+
+
 def predict_arrays(model: ChestClassifier, pixels: np.ndarray, amp: str = "off") -> np.ndarray:
     """uint8 (B, S, S) already at the model's size -> probabilities (B, 15), NaN findings for a
     binary head."""
-    device = next(model.parameters()).device
-    spec = model.preprocessing
-    x = normalise(
-        torch.from_numpy(pixels).unsqueeze(1).to(device),
-        spec["mean"][0],
-        spec["std"][0],
-        spec["image_size"],
-    )
-    dtype = autocast_dtype(amp, device)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        probs = torch.sigmoid(model(x.contiguous(memory_format=torch.channels_last)).float())
-    out = np.full((len(pixels), len(OUTPUTS)), np.nan)
-    out[:, -probs.shape[1] :] = probs.cpu().numpy()
-    return out
+    return _Scorer(model, amp)(pixels)
 
 
 def predict_images(
@@ -63,13 +155,10 @@ def predict_images(
     amp: str = "off",
 ) -> pd.DataFrame:
     """One row per image: path, 15 probabilities, and abnormal yes/no at the stored threshold."""
-    model.eval()
-    model.to(memory_format=torch.channels_last)
+    scorer = _Scorer(model, amp)
     size = model.preprocessing["image_size"]
-    rows = [
-        predict_arrays(model, batch, amp)
-        for batch in _decoded_batches(list(paths), size, batch_size, workers)
-    ]
+    paths = list(paths)
+    rows = [scorer(batch) for batch in _decoded_batches(paths, size, batch_size, workers)]
     probs = np.concatenate(rows) if rows else np.zeros((0, len(OUTPUTS)))
     frame = pd.DataFrame(probs, columns=[prob_column(n) for n in OUTPUTS])
     frame.insert(0, "image", [str(p) for p in paths])

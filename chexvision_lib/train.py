@@ -218,7 +218,7 @@ def train_one_epoch(
     epoch: int,
     show_progress: bool,
 ) -> tuple[float, int]:
-    """One pass over the training split; returns (mean loss, images seen by this process)."""
+    """One pass over the training split; returns (mean loss, images seen by all processes)."""
     device = loader.device
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch + 7)
     settings = Augment(hflip=config.hflip)
@@ -255,7 +255,11 @@ def train_one_epoch(
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()
-    return float(running) / max(images, 1), images
+    # One sync per epoch: the loss and image count of every rank, for history.csv.
+    totals = distributed.all_reduce_sum(
+        torch.stack([running, torch.tensor(float(images), device=device)])
+    )
+    return float(totals[0]) / max(float(totals[1]), 1.0), int(totals[1])
 
 
 @torch.no_grad()
@@ -488,7 +492,7 @@ def fit(config: TrainConfig, resume: bool = False, show_progress: bool = True) -
             "lr": optimizer.param_groups[0]["lr"],
             "backbone_lr": 0.0 if frozen else optimizer.param_groups[1]["lr"],
             "seconds": seconds,
-            "images_per_s": seen * dist.world_size / seconds,
+            "images_per_s": seen / seconds,
         }
         history.append(row)
         value = monitor_value(row)
