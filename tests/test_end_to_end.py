@@ -9,6 +9,7 @@ from conftest import realdata
 from chexvision_lib.demo import run_demo
 from chexvision_lib.evaluate import evaluate_run
 from chexvision_lib.prepare import prepare
+from chexvision_lib.report import localisation_report
 from chexvision_lib.splits import check_patient_disjoint
 from chexvision_lib.train import TrainConfig, fit
 
@@ -21,6 +22,13 @@ def test_demo_reaches_the_promised_auc(tmp_path: Path):
     # re-running continues instead of starting over: nothing left to train
     again = run_demo(tmp_path / "demo")
     assert again["macro_auc"] == pytest.approx(metrics["macro_auc"])
+
+    # Grad-CAM of the trained model points into the true lesion box far more often than chance.
+    table = localisation_report(tmp_path / "demo" / "run", "test")
+    overall = table[table["finding"] == "all"].set_index("method")
+    cam, chance = overall.loc["grad_cam", "pointing_game"], overall.loc["random", "pointing_game"]
+    assert overall.loc["grad_cam", "n"] > 100
+    assert cam >= chance + 0.1 and cam >= 3 * chance
 
 
 def test_real_pediatric_from_scratch(tmp_path: Path):
