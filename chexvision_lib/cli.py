@@ -253,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a few seconds of training (CI)")
     p.set_defaults(func=cmd_demo)
+
+    from chexvision_lib.publish import add_publish_commands
+
+    add_publish_commands(commands)  # card, push
     return parser
 
 

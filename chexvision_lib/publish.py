@@ -301,8 +301,8 @@ def split_descriptions(source: dict, synthetic: bool | None) -> dict[str, str]:
         val_fraction, seed = source.get("val_fraction", 0), source.get("seed")
         return {
             "test": named("test_list.txt"),
-            "val": f"{val_fraction:.0%} of the patients in {named('train_val_list.txt')}, "
-            f"seed {seed}",
+            "val": f"{val_fraction:.0%} of the patients in {'' if synthetic else 'the '}"
+            f"{named('train_val_list.txt')}, seed {seed}",
             "train": f"{named('train_val_list.txt')} minus the validation patients",
         }
     if kind == "binary":

@@ -70,9 +70,20 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # deterministic kernels (slower); resume is then bit-exact
     threads: int | None = None  # CPU threads for torch (default: torch's choice)
+    # Push model/, history.csv and last.pt to this Hub repo's "checkpoints" branch every N epochs,
+    # so a Kaggle session that hits its time limit loses nothing (token: see `publish`).
+    hub_checkpoint_repo: str | None = None
+    hub_checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "accum_steps", "patience", "plateau_patience")
+        positive = (
+            "epochs",
+            "batch_size",
+            "accum_steps",
+            "patience",
+            "plateau_patience",
+            "hub_checkpoint_every",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -446,6 +457,12 @@ def fit(config: TrainConfig, resume: bool = False, show_progress: bool = True) -
     if dist.is_main:
         write_json_atomic(run / "config.json", resolved)
 
+    uploader = None
+    if config.hub_checkpoint_repo and dist.is_main:
+        from chexvision_lib.publish import make_epoch_uploader  # lazy: publish imports train
+
+        uploader = make_epoch_uploader(config.hub_checkpoint_repo, config.hub_checkpoint_every)
+
     show = show_progress and dist.is_main
     # A run that already stopped early is finished: resuming it only re-derives the thresholds.
     last_epoch = state["epoch"] if state.get("stopped_early") else config.epochs
@@ -526,6 +543,8 @@ def fit(config: TrainConfig, resume: bool = False, show_progress: bool = True) -
                     "config": to_dict(config),
                 },
             )
+            if uploader is not None:
+                uploader(run, epoch + 1)
         epoch_bar.set_postfix(val=f"{value:.4f}", best=f"{state['best']:.4f}")
         if stop:
             break
@@ -554,6 +573,8 @@ def fit(config: TrainConfig, resume: bool = False, show_progress: bool = True) -
                 "training": resolved,
             },
         )
+        if uploader is not None:
+            uploader(run, state["epoch"], final=True)
     distributed.barrier()
     distributed.cleanup(dist)
     return run
