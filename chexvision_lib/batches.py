@@ -42,13 +42,37 @@ class Augment:
     hflip: bool = False
 
 
+def cross_validation_splits(table: pd.DataFrame, folds: int, fold: int, seed: int) -> pd.Series:
+    """k-fold cross-validation grouped by patient over the cache's train + val images.
+
+    Patients of train and val are dealt into `folds` groups (seeded); group `fold` becomes "val",
+    the others "train"; the test split is untouched, so every fold's model meets the same test set.
+    """
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(
+            f"folds must be >= 2 and fold in [0, folds), got folds={folds}, fold={fold}"
+        )
+    pool = table["split"].isin(["train", "val"])
+    patients = np.sort(table.loc[pool, "patient"].unique())
+    if len(patients) < folds:
+        raise ValueError(f"{len(patients)} patients cannot make {folds} folds")
+    shuffled = np.random.default_rng(seed).permutation(patients)
+    fold_of = {patient: i % folds for i, patient in enumerate(shuffled)}
+    in_fold = table["patient"].map(fold_of) == fold
+    return table["split"].where(~pool, np.where(in_fold, "val", "train"))
+
+
 class CachedSplit:
     """The images and 15 labels of one split of a prepared cache (rows that decoded)."""
 
-    def __init__(self, cache_dir: str | Path, split: str) -> None:
+    def __init__(
+        self, cache_dir: str | Path, split: str, *, folds: int = 0, fold: int = 0, seed: int = 0
+    ) -> None:
         table, images, info = open_cache(cache_dir)
         if "ok" in table.columns:
             table = table[table["ok"].astype(bool)]
+        if folds:
+            table = table.assign(split=cross_validation_splits(table, folds, fold, seed))
         table = table[table["split"] == split]
         if table.empty:
             raise ValueError(f"{cache_dir}: the cache has no images in split {split!r}")

@@ -205,7 +205,11 @@ def evaluate_run(
     config = json.loads(config_path.read_text())
     torch_device = resolve_device(device)
     model = load_model(run, device=torch_device)
-    data = CachedSplit(cache or config["cache"]["path"], split)
+    if cache is None:  # the run's own data, with its cross-validation fold if it had one
+        folds = {k: config.get(k, 0) for k in ("folds", "fold", "seed")}
+        data = CachedSplit(config["cache"]["path"], split, **folds)
+    else:
+        data = CachedSplit(cache, split)
     loader = BatchLoader(data, batch_size, torch_device, shuffle=False)
     probs, labels = predict_loader(
         model,

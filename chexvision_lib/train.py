@@ -70,6 +70,10 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # deterministic kernels (slower); resume is then bit-exact
     threads: int | None = None  # CPU threads for torch (default: torch's choice)
+    # k-fold cross-validation grouped by patient over train + val (0: the cache's own val split);
+    # `fold` picks the validation fold. The test split is the same for every fold.
+    folds: int = 0
+    fold: int = 0
     # Push model/, history.csv and last.pt to this Hub repo's "checkpoints" branch every N epochs,
     # so a Kaggle session that hits its time limit loses nothing (token: see `publish`).
     hub_checkpoint_repo: str | None = None
@@ -352,8 +356,9 @@ def fit(config: TrainConfig, resume: bool = False, show_progress: bool = True) -
         torch.backends.cudnn.benchmark = True
     amp_dtype = autocast_dtype(config.amp, device)
 
-    train_data = CachedSplit(config.cache, "train")
-    val_data = CachedSplit(config.cache, "val")
+    folds = {"folds": config.folds, "fold": config.fold, "seed": config.seed}
+    train_data = CachedSplit(config.cache, "train", **folds)
+    val_data = CachedSplit(config.cache, "val", **folds)
     image_size = config.image_size or train_data.size
     if image_size > train_data.size:
         raise ValueError(
