@@ -106,7 +106,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         args.run, args.split, cache=args.cache, device=args.device, n_resamples=args.resamples
     )
     print(summary_line(metrics))
-    print(f"wrote {Path(args.run) / args.split / 'metrics.json'} and predictions.csv")
+    print(f"wrote {Path(metrics['folder']) / 'metrics.json'} and predictions.csv")
     print(DISCLAIMER)
 
 

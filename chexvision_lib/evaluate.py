@@ -196,7 +196,8 @@ def evaluate_run(
 ) -> dict:
     """Score `split` of the run's cache (or another cache) with the run's shipped model.
 
-    Writes RUN/<split>/predictions.csv, metrics.json and subgroups.csv; returns the metrics.
+    Writes RUN/<split>/predictions.csv, metrics.json and subgroups.csv (for another cache:
+    RUN/external_<cache folder name>_<split>/); returns the metrics, with "folder" set.
     """
     run = Path(run_dir)
     config_path = run / "config.json"
@@ -221,7 +222,8 @@ def evaluate_run(
         show_progress=show_progress,
     )
     frame = predictions_frame(data.metadata(), probs, labels)
-    out = run / split
+    # Another cache (external validation) must not overwrite the run's own results.
+    out = run / (split if cache is None else f"external_{Path(cache).name}_{split}")
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "predictions.csv", index=False)
     subgroups_from_predictions(frame).to_csv(out / "subgroups.csv", index=False)
@@ -239,7 +241,7 @@ def evaluate_run(
     }
     metrics["data_source"] = config.get("data_source", {}).get("kind")
     write_json_atomic(out / "metrics.json", metrics)
-    return metrics
+    return {**metrics, "folder": str(out)}
 
 
 def summary_line(metrics: dict) -> str:
