@@ -64,6 +64,7 @@ class TrainConfig:
     amp: Literal["auto", "fp16", "bf16", "off"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (CUDA; minutes of warm-up)
+    fused_optimizer: bool = True  # fused AdamW kernel on CUDA (also avoids GradScaler host syncs)
     cache_on_device: bool = False  # hold the whole training split in device memory
     threshold_method: Literal["youden", "f1"] = "youden"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -172,7 +173,10 @@ def make_optimizer(model: ChestClassifier, config: TrainConfig, device: torch.de
     ]
     if config.optimizer == "adamw":
         return torch.optim.AdamW(
-            groups, lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
+            groups,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            fused=config.fused_optimizer and device.type == "cuda",
         )
     return torch.optim.SGD(
         groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
