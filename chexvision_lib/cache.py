@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from chexvision_lib.atomic_files import write_json_atomic
 from chexvision_lib.image_io import ImageDecodeError, load_grey
 from chexvision_lib.splits import check_patient_disjoint
 
@@ -45,13 +46,6 @@ class CacheSettings:
     def __post_init__(self) -> None:
         if self.size < 32:
             raise ValueError(f"size must be at least 32 px, got {self.size}")
-
-
-def write_json_atomic(path: Path, payload: object) -> None:
-    """Write JSON via a temporary file and rename, so readers never see a half-written file."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(temporary, path)
 
 
 def _apply_clahe(grey: np.ndarray) -> np.ndarray:

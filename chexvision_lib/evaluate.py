@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from chexvision_lib.atomic_files import write_json_atomic
 from chexvision_lib.batches import BatchLoader, CachedSplit
-from chexvision_lib.cache import write_json_atomic
 from chexvision_lib.labels import ABNORMAL, FINDINGS, OUTPUTS
 from chexvision_lib.metrics import (
     age_band,

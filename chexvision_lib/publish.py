@@ -31,7 +31,7 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
 from chexvision_lib import __version__
-from chexvision_lib.cache import write_json_atomic
+from chexvision_lib.atomic_files import replace_folder, write_json_atomic
 from chexvision_lib.evaluate import (
     label_column,
     prob_column,
@@ -410,16 +410,6 @@ def find_gradcam_grids(run: Path, exclude: Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _replace_folder(staging: Path, out: Path) -> None:
-    """Swap a fully written folder into place, so `out` is never half-built."""
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _check_out_dir(out: Path, run: Path) -> None:
     if out.resolve() == run.resolve() or out.resolve() == (run / "model").resolve():
         raise ValueError(f"--out {out}: choose a new folder, not the run or its model/")
@@ -516,7 +506,7 @@ def build_model_folder(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # never leave a half-built folder behind
         raise
-    _replace_folder(staging, out)
+    replace_folder(staging, out)
     return out
 
 

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from chexvision_lib import distributed
+from chexvision_lib.atomic_files import recover_folder, replace_folder, write_json_atomic
 from chexvision_lib.batches import Augment, BatchLoader, CachedSplit, augment, normalise
-from chexvision_lib.cache import write_json_atomic
 from chexvision_lib.config import from_dict, to_dict
 from chexvision_lib.labels import ABNORMAL, FINDINGS, NUM_FINDINGS
 from chexvision_lib.metrics import choose_thresholds, per_class_auc, roc_auc
@@ -215,12 +215,7 @@ def save_model_folder(model: ChestClassifier, folder: Path, extra: dict) -> None
     shutil.rmtree(temporary, ignore_errors=True)
     model.save_pretrained(temporary, config=extra)
     (temporary / "README.md").unlink(missing_ok=True)  # the card is written by `publish`
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(temporary, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(temporary, folder)
 
 
 # --- one epoch of training, one pass of evaluation ----------------------------------------------
@@ -432,6 +427,7 @@ def fit(config: TrainConfig, resume: bool = False, show_progress: bool = True) -
     history: list[dict] = []
     if resume:
         checkpoint = load_checkpoint(ckpt_path)
+        recover_folder(run / "model")
         if checkpoint["config"] != to_dict(config):
             changed = sorted(
                 k for k in checkpoint["config"] if checkpoint["config"][k] != to_dict(config).get(k)
