@@ -21,16 +21,16 @@ demo: $(STAMP)
 	$(VENV)/bin/chexvision demo --out runs/demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check chexvision_lib tests benchmarks
-	$(VENV)/bin/ruff format --check chexvision_lib tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check chexvision_lib tests benchmarks
+	$(VENV)/bin/ruff check .
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format chexvision_lib tests benchmarks
-	$(VENV)/bin/ruff check --fix chexvision_lib tests benchmarks
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache
