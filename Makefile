@@ -18,19 +18,19 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/chexvision demo --out runs/demo
+	$(PY) -m chexvision_lib.cli demo --out runs/demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest -q
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check .
+	$(PY) -m ruff check .
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format .
-	$(VENV)/bin/ruff check --fix .
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 clean:
 	rm -rf runs build dist *.egg-info .pytest_cache
