@@ -68,6 +68,7 @@ EXAMPLES_MANIFEST = "examples.json"
 ABOVE_COLOUR = "#d9480f"  # orange-red: at or above the model's threshold
 BELOW_COLOUR = "#4c6ef5"  # blue: below it
 NO_THRESHOLD_COLOUR = "#adb5bd"  # grey: the model stores no threshold for this output
+IMAGE_HEIGHT = 320  # px on the page: small model inputs (128 px) are shown enlarged
 PROMPT = "Upload a chest radiograph (PNG or JPEG, any size or mode) or pick an example."
 
 
@@ -239,15 +240,14 @@ def probability_chart(
     axes.set_xlabel("probability")
     axes.set_title("Finding probabilities (ticks: the model's thresholds)", fontsize=10)
     axes.grid(axis="x", alpha=0.3)
-    axes.legend(
-        handles=[
-            Patch(color=ABOVE_COLOUR, label="at or above threshold"),
-            Patch(color=BELOW_COLOUR, label="below threshold"),
-            Line2D([], [], color="black", linewidth=2, label="threshold"),
-        ],
-        loc="lower right",
-        fontsize=8,
-    )
+    legend = [
+        Patch(color=ABOVE_COLOUR, label="at or above threshold"),
+        Patch(color=BELOW_COLOUR, label="below threshold"),
+        Line2D([], [], color="black", linewidth=2, label="threshold"),
+    ]
+    if any(t is None for _, _, t in rows):
+        legend.append(Patch(color=NO_THRESHOLD_COLOUR, label="no stored threshold"))
+    axes.legend(handles=legend, loc="lower right", fontsize=8)
     figure.tight_layout()
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
@@ -410,7 +410,8 @@ def build_app(
         abnormal = float(analysis.probabilities[OUTPUTS.index(ABNORMAL)])
         status = (
             f"Scored **{html.escape(name)}** in {analysis.seconds:.2f} s "
-            f"(decode, model and Grad-CAM on {scorer.device.type.upper()})."
+            f"(decode, model and Grad-CAM on {scorer.device.type.upper()}). "
+            f"Grad-CAM shows **{analysis.cam_output}**."
         )
         return (
             status,
@@ -438,7 +439,7 @@ def build_app(
                     choices=list(model.output_names),
                     value=ABNORMAL,
                     label="Grad-CAM for",
-                    info="Which output's evidence to draw over the image",
+                    info="Which output's evidence to draw (an evidence map, not a segmentation)",
                     elem_id="cam-output",
                 )
                 run = gr.Button("Analyse", variant="primary", elem_id="analyse")
@@ -455,15 +456,19 @@ def build_app(
                     model_input = gr.Image(
                         label="What the model sees (decoded, grey, resized)",
                         type="numpy",
-                        format="png",
+                        format="png",  # lossless: exactly the model's pixels
                         interactive=False,
+                        height=IMAGE_HEIGHT,
                         elem_id="model-input",
                     )
                     cam_image = gr.Image(
-                        label="Grad-CAM overlay (where the evidence for the chosen output lies)",
+                        # A fixed label: a changing one would make the API answer an update
+                        # dict instead of the image. The status line names the output.
+                        label="Grad-CAM for the chosen output",
                         type="numpy",
                         format="png",
                         interactive=False,
+                        height=IMAGE_HEIGHT,
                         elem_id="cam-overlay",
                     )
                 chart = gr.Image(
@@ -506,9 +511,19 @@ def _without_object_repr(message: str) -> str:
     return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", message)
 
 
+# Gradio shows an image at its own size: a 128 px model input would be a thumbnail. Fill the
+# frame instead; the model's pixels are drawn as blocks (pixelated), not smoothed, so the page
+# shows their true resolution. The API still returns the images at the model's size.
+PAGE_CSS = """
+#model-input img, #cam-overlay img { width: 100%; height: 100%; object-fit: contain; }
+#model-input img { image-rendering: pixelated; }
+"""
+
+
 def launch_options() -> dict[str, Any]:
     """Options for `Blocks.launch` shared by `launch` and a Space's app.py."""
     return {
+        "css": PAGE_CSS,
         "max_file_size": MAX_UPLOAD,
         "show_error": False,  # handlers report their own errors; never send tracebacks
         "ssr_mode": False,  # client-side rendering: no Node.js server needed

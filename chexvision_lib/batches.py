@@ -250,34 +250,33 @@ def augment(
     Input uint8 (B, 1, S, S); output float in [0, 1] of (B, 1, size, size). Parameters are drawn on
     the CPU from `generator` so results do not depend on the device.
     """
-    batch = pixels.shape[0]
+    batch, device = pixels.shape[0], pixels.device
     u = torch.rand(batch, 6, generator=generator)
     area = settings.scale[0] + (settings.scale[1] - settings.scale[0]) * u[:, 0]
-    log_ratio = (
-        math.log(settings.ratio[0])
-        + (math.log(settings.ratio[1]) - math.log(settings.ratio[0])) * u[:, 1]
-    )
-    ratio = torch.exp(log_ratio)
-    half_w = (torch.sqrt(area * ratio)).clamp(max=1.0)  # crop half-size in [-1, 1] units
-    half_h = (torch.sqrt(area / ratio)).clamp(max=1.0)
+    low, high = math.log(settings.ratio[0]), math.log(settings.ratio[1])
+    ratio = torch.exp(low + (high - low) * u[:, 1])
+    half_w = torch.sqrt(area * ratio).clamp(max=1.0)  # crop half-size in [-1, 1] units
+    half_h = torch.sqrt(area / ratio).clamp(max=1.0)
     centre_x = (1 - half_w) * (2 * u[:, 2] - 1)
     centre_y = (1 - half_h) * (2 * u[:, 3] - 1)
     angle = torch.deg2rad(settings.degrees * (2 * u[:, 4] - 1))
     flip = torch.where((u[:, 5] < 0.5) & settings.hflip, torch.tensor(-1.0), torch.tensor(1.0))
     cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack(
-        [
-            torch.stack([half_w * cos * flip, -half_h * sin, centre_x], dim=1),
-            torch.stack([half_w * sin * flip, half_h * cos, centre_y], dim=1),
-        ],
+    coefficients = torch.stack(
+        [half_w * cos * flip, -half_h * sin, centre_x, half_w * sin * flip, half_h * cos, centre_y],
         dim=1,
-    ).to(pixels.device)
-    x = pixels.float().div_(255.0)
-    grid = F.affine_grid(theta, [batch, 1, size, size], align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    jitter = torch.rand(batch, 2, generator=generator).to(pixels.device)
-    contrast = 1 + settings.contrast * (2 * jitter[:, 0] - 1)
-    brightness = settings.brightness * (2 * jitter[:, 1] - 1)
+    ).to(device)
+    # The sampling grid by broadcasting: F.affine_grid's batched matmul is ~half the cost on a CPU.
+    a = [coefficients[:, k].view(batch, 1, 1) for k in range(6)]
+    base = (torch.arange(size, device=device, dtype=torch.float32) * 2 + 1) / size - 1
+    xs, ys = base.view(1, 1, size), base.view(1, size, 1)
+    grid = torch.stack([a[0] * xs + (a[1] * ys + a[2]), a[3] * xs + (a[4] * ys + a[5])], dim=-1)
+    x = F.grid_sample(
+        pixels.float().div_(255.0), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    jitter = torch.rand(batch, 2, generator=generator).to(device)
+    contrast = (1 + settings.contrast * (2 * jitter[:, 0] - 1)).view(-1, 1, 1, 1)
+    brightness = (settings.brightness * (2 * jitter[:, 1] - 1)).view(-1, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * contrast.view(-1, 1, 1, 1) + mean + brightness.view(-1, 1, 1, 1)
-    return x.clamp_(0.0, 1.0)
+    # (x - mean) * c + mean + b == x * c + (mean * (1 - c) + b), in one in-place pass
+    return x.mul_(contrast).add_(mean * (1 - contrast) + brightness).clamp_(0.0, 1.0)

@@ -1,4 +1,5 @@
-"""The `chexvision` command: synth, prepare, train, evaluate, predict, demo.
+"""The `chexvision` command: synth, prepare, train, evaluate, report, compare, labels, predict,
+demo, card, push, study, external, app, space.
 
 Each subcommand is a thin shell over one library function; `chexvision <cmd> --help` lists options.
 """
@@ -257,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     from chexvision_lib.publish import add_publish_commands
 
     add_publish_commands(commands)  # card, push
+
+    from chexvision_lib.app import add_app_commands
+
+    add_app_commands(commands)  # app, space
     return parser
 
 

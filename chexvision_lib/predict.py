@@ -2,21 +2,19 @@
 
 The pixels are those of `image_io.load_grey`, the definition the cache uses, so with amp="off"
 a file scores exactly as its cached copy does in `evaluate`. Three things make it fast:
-- 8-bit greyscale PNGs (101 of the 103 real NIH files here) are decoded by OpenCV when it is
-  installed: the same pixels as PIL (PNG is lossless; both return the file's samples), ~15-20 %
-  faster decode + resize per core (benchmarks/bench_decode.py). The resize stays PIL's, as in
-  `load_grey`. Every other file goes through `load_grey` itself.
+- `load_grey` decodes 8-bit greyscale PNGs with OpenCV when it is installed (same pixels as PIL,
+  ~15% faster per core; benchmarks/bench_decode.py).
 - Decoding runs in a thread pool (OpenCV and PIL release the GIL), a batch ahead of the model, so
   on a GPU the model never waits for the CPU, and on a CPU decode fills the model's idle gaps.
 - The model runs under inference_mode in channels_last. amp="bf16" scores with a bfloat16 copy of
-  the weights (on CPUs with AVX512-BF16/AMX roughly 2-3x fp32; probabilities move by ~1e-3, see
-  benchmarks/README.md); amp="off" (the default) is fp32 and exact.
+  the weights on a CPU (autocast elsewhere): the model alone ~1.5-2x fp32 on an AVX512-BF16 CPU,
+  probabilities moved by up to ~3e-3 (benchmarks/README.md); amp="off" (the default) is fp32 and
+  exact.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,62 +26,15 @@ import torch
 
 from chexvision_lib.batches import normalise
 from chexvision_lib.evaluate import DISCLAIMER, prob_column
-from chexvision_lib.image_io import MAX_PIXELS, MIN_SIDE, load_grey, resize_square
+from chexvision_lib.image_io import load_grey
 from chexvision_lib.labels import ABNORMAL, OUTPUTS
 from chexvision_lib.models import ChestClassifier
 from chexvision_lib.train import autocast_dtype
 
 __all__ = ["predict_images", "predict_arrays", "DISCLAIMER"]
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of a whole PNG
 # How many batches are decoded ahead of the one the model is scoring.
 DECODE_AHEAD = 2
-
-
-def _is_8bit_grey_png(data: bytes) -> bool:
-    """A whole PNG whose IHDR says bit depth 8, colour type 0 (grey, no alpha): OpenCV's
-    IMREAD_UNCHANGED returns its samples as they are, exactly what PIL's mode "L" gives.
-    Truncated files are left to `load_grey`, which names them in its error."""
-    return (
-        len(data) > 33
-        and data[:8] == PNG_SIGNATURE
-        and data[12:16] == b"IHDR"
-        and data[24] == 8
-        and data[25] == 0
-        and data.endswith(PNG_END)
-    )
-
-
-@functools.cache
-def _opencv():
-    """OpenCV if installed (requirements.txt has it; the package does not require it), else None:
-    then every file is decoded by `load_grey`, with the same pixels, only slower."""
-    try:
-        import cv2
-    except ImportError:
-        return None
-    return cv2
-
-
-def decode_grey(path: str | Path, size: int) -> np.ndarray:
-    """`image_io.load_grey(path, size)`, pixel for pixel, decoding 8-bit grey PNGs with OpenCV."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError:
-        return load_grey(path, size)  # raises ImageDecodeError naming the file
-    cv2 = _opencv()
-    if cv2 is not None and _is_8bit_grey_png(data):
-        grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if (
-            grey is not None
-            and grey.ndim == 2
-            and grey.dtype == np.uint8
-            and min(grey.shape) >= MIN_SIDE
-            and grey.size <= MAX_PIXELS
-        ):
-            return resize_square(grey, size)
-    return load_grey(path, size)  # every other file, and any OpenCV could not decode
 
 
 def _decoded_batches(
@@ -98,7 +49,7 @@ def _decoded_batches(
             start = next(starts, None)
             if start is not None:
                 chunk = paths[start : start + batch_size]
-                pending.append([pool.submit(decode_grey, p, size) for p in chunk])
+                pending.append([pool.submit(load_grey, p, size) for p in chunk])
 
         for _ in range(DECODE_AHEAD + 1):
             submit_next()

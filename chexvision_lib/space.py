@@ -119,7 +119,9 @@ def write_space_folder(
 
 
 def space_app_py(repo_id: str, revision: str, weights_sha256: str) -> str:
-    return f'''"""Hugging Face Space: the CheXVision demo page for {repo_id}, pinned to one commit.
+    return f'''"""Hugging Face Space: the CheXVision demo page for one model, pinned to one commit.
+
+Model: {repo_id}
 
 Written by `chexvision space` (CheXVision {__version__}).
 {DISCLAIMER}
@@ -200,9 +202,9 @@ def space_readme(
         ""
         if package_set
         else (
-            "\n**Before pushing:** set the `chexvision` line in `requirements.txt` (a pinned PyPI "
-            "release or the URL of a wheel). It is a placeholder because this package is not "
-            "installable from a fixed public source yet; an unpinned name could install "
+            "\n**Before pushing:** set the `chexvision` line in `requirements.txt` (a pinned\n"
+            "PyPI release or the URL of a wheel). It is a placeholder because this package is\n"
+            "not installable from a fixed public source yet; an unpinned name could install\n"
             "something else.\n"
         )
     )
@@ -210,9 +212,11 @@ def space_readme(
 
 # {title}: `{repo_id}`
 
-> **{DISCLAIMER}** This page shows what a model trained on NIH ChestX-ray14 outputs for one
-> image. Its predictions can be wrong, and the dataset's labels were mined from reports and are
-> themselves noisy. Do not upload images that identify a person.
+> **{DISCLAIMER}**
+>
+> This page shows what a model trained on NIH ChestX-ray14 outputs for one image. Its
+> predictions can be wrong, and the dataset's labels were mined from reports and are themselves
+> noisy. Do not upload images that identify a person.
 
 Upload a chest radiograph (PNG or JPEG) or pick a synthetic example. The page shows the
 probability that the film is abnormal (any of the 14 findings) against the model's stored
@@ -220,10 +224,10 @@ threshold, the 14 finding probabilities with their thresholds, the pixels the mo
 Grad-CAM overlay for the output you choose. Images are decoded and resized exactly as
 `chexvision predict` does, so both give the same numbers.
 
-- Model: [`{repo_id}`](https://huggingface.co/{repo_id}/tree/{revision}) at commit
-  `{revision}`: `{model.arch}`, {model.head} head, {size}x{size} px grey input.
-- Weights: `model.safetensors` with sha256 `{weights_sha256}`; the Space checks this when it
-  starts and refuses other weights.
+- Model: [`{repo_id}`](https://huggingface.co/{repo_id}/tree/{revision}),
+  commit `{revision}`: `{model.arch}`, {model.head} head, {size}x{size} px grey input.
+- Weights: `model.safetensors`, sha256 `{weights_sha256}`.
+  The Space checks this when it starts and refuses other weights.
 {todo}
 ## Pushing this folder
 

@@ -1,0 +1,188 @@
+"""Training images/s per model under three feeds: how close our data path gets to the ceiling.
+
+Feeds, same model, optimiser (AdamW) and step as `train.train_one_epoch`:
+  device : one normalised batch already on the device, reused every step (the ceiling: no data
+           work at all)
+  cache  : BatchLoader over a prepared 256 px cache + `batches.augment` + normalisation on the
+           device (what `chexvision train` does)
+  pil    : torchvision DataLoader, num_workers = cores, PIL decode of the 1024 px PNGs +
+           RandomResizedCrop + ToTensor + Normalize, then to the device
+Warm-up steps (cuDNN autotuning, worker start-up, torch.compile) are not timed; then --steps
+steps are timed, ending with a device synchronisation. Speed features are on by default and each
+can be switched off: --no-channels-last, --no-amp; --compile switches torch.compile on.
+
+    .venv/bin/python benchmarks/bench_train_step.py [--models seresnet densenet121] [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+
+import common
+import torch
+
+from chexvision_lib.batches import Augment, BatchLoader, CachedSplit, augment, normalise
+from chexvision_lib.cache import prepare_cache
+from chexvision_lib.labels import OUTPUTS
+from chexvision_lib.models import build_model
+from chexvision_lib.train import autocast_dtype, masked_bce
+
+FEEDS = ("device", "cache", "pil")
+
+
+def cache_batches(
+    loader: BatchLoader, spec: dict, size: int, channels_last: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (x, labels) from the cache path, epoch after epoch, augmented on the device."""
+    generator = torch.Generator().manual_seed(0)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        for pixels, labels, _ in loader:
+            x = augment(pixels, size, Augment(), generator).sub_(spec["mean"][0])
+            yield x.div_(spec["std"][0]).contiguous(memory_format=memory_format), labels
+        epoch += 1
+
+
+def pil_batches(
+    loader, device: torch.device, channels_last: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    while True:
+        for x, labels in loader:
+            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            yield x, labels.to(device, non_blocking=True)
+
+
+def device_batches(
+    pixels: torch.Tensor, labels: torch.Tensor, spec: dict, size: int, channels_last: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = normalise(pixels, spec["mean"][0], spec["std"][0], size)
+    x = x.contiguous(memory_format=memory_format)
+    while True:
+        yield x, labels
+
+
+def time_training(model, batches, device, amp_dtype, warmup: int, steps: int) -> float:
+    """Images/s over `steps` training steps after `warmup` untimed ones."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    pos_weight = torch.ones(len(OUTPUTS), device=device)
+    model.train()
+
+    def step() -> int:
+        x, labels = next(batches)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = masked_bce(model(x), labels, pos_weight)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return len(x)
+
+    for _ in range(warmup):
+        step()
+    common.synchronize(device)
+    started = time.perf_counter()
+    images = sum(step() for _ in range(steps))
+    common.synchronize(device)
+    return images / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_image_arguments(parser, n=1344 if cuda else 200)
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["seresnet", "densenet121"]
+        if cuda
+        else ["seresnet_small", "seresnet", "densenet121"],
+    )
+    parser.add_argument("--feeds", nargs="+", choices=FEEDS, default=list(FEEDS))
+    parser.add_argument("--size", type=int, default=256)
+    # CPU defaults keep the whole run to a few minutes on 2 cores: figures there are rough.
+    parser.add_argument("--batch-size", type=int, default=32 if cuda else 4)
+    parser.add_argument("--warmup", type=int, default=5 if cuda else 2, help="untimed steps")
+    parser.add_argument("--steps", type=int, default=30 if cuda else 3, help="timed steps")
+    parser.add_argument("--workers", type=int, default=common.CORES, help="PIL DataLoader workers")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--amp", default="auto", help="auto (fp16 on CUDA, fp32 on CPU) | fp16 | bf16"
+    )
+    parser.add_argument("--no-amp", action="store_true", help="train in fp32")
+    parser.add_argument("--no-channels-last", action="store_true", help="NCHW memory format")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    args = parser.parse_args(argv)
+    device = common.resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True
+    amp_dtype = autocast_dtype("off" if args.no_amp else args.amp, device)
+    channels_last = not args.no_channels_last
+    print(common.describe_machine(device))
+    print(
+        f"batch {args.batch_size}, {args.size} px, {args.warmup} warm-up + {args.steps} timed "
+        f"steps | amp {amp_dtype or 'off (fp32)'} | channels_last {channels_last} | "
+        f"compile {args.compile}"
+    )
+
+    folder = common.scratch_folder("train-step", keep=True)
+    needed = (args.warmup + args.steps) * args.batch_size
+    paths = common.replicate(args.images, max(args.n, needed), folder / "png")
+    cache = prepare_cache(
+        common.index_table(paths, split="train"),
+        folder / f"cache-{len(paths)}-{args.size}",
+        size=args.size,
+        workers=args.workers,
+        progress=False,
+    )
+    data = CachedSplit(cache, "train")
+    first = torch.from_numpy(data.read(torch.arange(args.batch_size).numpy())).unsqueeze(1)
+    first_labels = torch.from_numpy(data.labels[: args.batch_size])
+
+    rows = []
+    for name in args.models:
+        rates: dict[str, float] = {}
+        for feed in args.feeds:
+            torch.manual_seed(0)
+            model = build_model(name, image_size=args.size).to(device)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            spec = model.preprocessing
+            train_model = torch.compile(model) if args.compile else model
+            loader = None
+            if feed == "device":
+                batches = device_batches(
+                    first.to(device), first_labels.to(device), spec, args.size, channels_last
+                )
+            elif feed == "cache":
+                loader = BatchLoader(data, args.batch_size, device, shuffle=True, drop_last=True)
+                batches = cache_batches(loader, spec, args.size, channels_last)
+            else:
+                loader = common.pil_loader(paths, args.size, args.batch_size, args.workers, device)
+                batches = pil_batches(loader, device, channels_last)
+            rates[feed] = time_training(
+                train_model, batches, device, amp_dtype, args.warmup, args.steps
+            )
+            batches.close()
+            del loader, batches, train_model, model
+            print(f"  {name} / {feed}: {rates[feed]:.1f} img/s", flush=True)
+        for feed, rate in rates.items():
+            row = {"model": name, "feed": feed, "img/s": rate}
+            if "device" in rates:
+                row["% of ceiling"] = 100 * rate / rates["device"]
+            if "pil" in rates:
+                row["x PIL"] = rate / rates["pil"]
+            rows.append(row)
+    print()
+    print(common.format_table(rows))
+    print()
+    print("targets: cache feed >= 90 % of the ceiling and >= 2x the PIL feed (on a GPU)")
+
+
+if __name__ == "__main__":
+    main()
