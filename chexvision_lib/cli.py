@@ -259,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_publish_commands(commands)  # card, push
 
+    from chexvision_lib.study import add_study_commands
+
+    add_study_commands(commands)  # study, external
+
     from chexvision_lib.app import add_app_commands
 
     add_app_commands(commands)  # app, space

@@ -171,7 +171,7 @@ def subgroups_from_predictions(frame: pd.DataFrame) -> pd.DataFrame:
     ]
     tables = []
     for column in SUBGROUP_COLUMNS:
-        if frame[column].fillna("").astype(str).str.len().eq(0).all():
+        if frame[column].astype(object).fillna("").astype(str).str.len().eq(0).all():
             continue  # e.g. external datasets without sex/view
         table = subgroup_table(
             frame, column, [label_column(n) for n in usable], [prob_column(n) for n in usable]

@@ -545,12 +545,14 @@ def summary_markdown(summary: pd.DataFrame, config: StudyConfig, threshold_metho
         "- Operating point (Abnormal output): threshold chosen on the out-of-fold validation "
         f"predictions ({threshold_method}); the test split never chooses it.",
         f"- p: DeLong test of each ensemble's Abnormal AUC vs the reference cell `{reference}` "
-        "on the same test images, Holm-adjusted across the cells compared. Findings p<0.05: "
-        "how many of the 14 findings' AUCs differ from the reference's (DeLong, Holm-adjusted "
-        "across the 14).",
-        "",
-        DISCLAIMER,
+        "on the same test images, Holm-adjusted across the cells compared.",
     ]
+    if "findings p<0.05 (Holm)" in shown.columns:
+        notes.append(
+            "- Findings p<0.05: how many of the 14 findings' AUCs differ from the reference's "
+            "(DeLong, Holm-adjusted across the 14)."
+        )
+    notes += ["", DISCLAIMER]
     return "\n".join(notes) + "\n"
 
 
@@ -664,6 +666,47 @@ def source_thresholds(run_or_cell: Path, members: list[Path]) -> list[float | No
     return [recorded.get(name) for name in OUTPUTS]
 
 
+def fine_tune_config(
+    member: Path, cache: Path, out: Path, settings: dict[str, Any], size: int, seed: int
+) -> TrainConfig:
+    """Fine-tune `member` on the external cache: same architecture and head (the weights load
+    only into the same head), the member's weights as the start."""
+    source = json.loads((member / "config.json").read_text())
+    values = {
+        **settings,
+        "cache": str(cache),
+        "out": str(out / "fine_tuned" / member.name),
+        "model": source["model"],
+        "head": source["head"],
+        "init_from": str(member),
+        "image_size": size,
+        "seed": seed,
+    }
+    return from_dict(TrainConfig, values)
+
+
+def score_frame(
+    frame: pd.DataFrame,
+    thresholds: list[float | None],
+    folder: Path,
+    threshold_source: str,
+    n_resamples: int,
+) -> dict[str, Any]:
+    """Write folder/predictions.csv + metrics.json; return the Abnormal output's summary."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder / "predictions.csv", index=False)
+    metrics = metrics_from_predictions(frame, thresholds, split="test", n_resamples=n_resamples)
+    metrics["threshold_source"] = threshold_source
+    write_json_atomic(folder / "metrics.json", metrics)
+    abnormal = metrics["outputs"][ABNORMAL]
+    return {
+        "auc": abnormal["auc"],
+        "auc_ci95": abnormal["auc_ci95"],
+        "threshold_source": threshold_source,
+        "operating_point": abnormal.get("at_validation_threshold"),
+    }
+
+
 def external_validation(
     run_or_cell: str | Path,
     external_root: str | Path,
@@ -688,13 +731,13 @@ def external_validation(
     trains on the external train split; AFTER: the fine-tuned model at thresholds chosen on the
     external validation split. Both score the same external test images, so DeLong's paired test
     applies. A study cell is handled as its fold ensemble (each fold model fine-tuned, averaged).
-    Writes out/before/, out/after/ (predictions.csv, metrics.json), out/fine_tuned/<member>/,
-    out/external_validation.json and out/summary.md; returns the summary dict.
+    Re-running reuses a finished fine-tuning. Writes out/before/, out/after/ (predictions.csv,
+    metrics.json), out/fine_tuned/<member>/, out/external_validation.json and out/summary.md;
+    returns the summary dict.
     """
     run_or_cell, out = Path(run_or_cell), Path(out)
     members = member_runs(run_or_cell)
-    source = json.loads((members[0] / "config.json").read_text())
-    size = size or int(source["image_size"])
+    size = size or int(json.loads((members[0] / "config.json").read_text())["image_size"])
     settings = {**(train or {}), "epochs": fine_tune_epochs, "lr": lr, "batch_size": batch_size}
     check_train_settings(settings)
     name = Path(external_root).stem or "external"
@@ -706,37 +749,19 @@ def external_validation(
         seed=seed,
         progress=show_progress,
     )
-    evaluate = {"device": device, "n_resamples": n_resamples, "show_progress": show_progress}
+    scoring = {"device": device, "n_resamples": n_resamples, "show_progress": show_progress}
 
-    before_frames = []
-    for member in members:
-        folder = evaluate_run(member, "test", cache=cache, **evaluate)["folder"]
-        before_frames.append(read_predictions(Path(folder) / "predictions.csv"))
-    before = fold_average(before_frames)
-    before_thresholds = source_thresholds(run_or_cell, members)
-
-    tuned = []
-    for member in members:
-        member_source = json.loads((member / "config.json").read_text())
-        config = from_dict(
-            TrainConfig,
-            {
-                **settings,
-                "cache": str(cache),
-                "out": str(out / "fine_tuned" / member.name),
-                "model": member_source["model"],
-                "head": member_source["head"],  # the weights load only into the same head
-                "init_from": str(member),
-                "image_size": size,
-                "seed": seed,
-            },
-        )
-        tuned.append(
-            run_fold(config, n_resamples=n_resamples, device=device, show_progress=show_progress)[0]
-        )
+    # BEFORE: each member as trained, on the external test split (RUN/external_<cache>_test/).
+    before_folders = [
+        Path(evaluate_run(m, "test", cache=cache, **scoring)["folder"]) for m in members
+    ]
+    before = fold_average([read_predictions(f / "predictions.csv") for f in before_folders])
+    tuned = [
+        run_fold(fine_tune_config(m, cache, out, settings, size, seed), **scoring)[0]
+        for m in members
+    ]
     after = fold_average([read_predictions(r / "test" / "predictions.csv") for r in tuned])
     after_val = fold_average([read_predictions(r / "val" / "predictions.csv") for r in tuned])
-    after_thresholds = thresholds_from(after_val, settings.get("threshold_method", "youden"))
 
     result: dict[str, Any] = {
         "source": str(run_or_cell),
@@ -744,25 +769,23 @@ def external_validation(
         "external_root": str(external_root),
         "cache": str(cache),
         "fine_tune": {**settings, "image_size": size, "seed": seed},
+        "n_images": len(after),
+        "n_patients": int(after["patient"].nunique()),
+        "before": score_frame(
+            before,
+            source_thresholds(run_or_cell, members),
+            out / "before",
+            "the source model's own validation thresholds",
+            n_resamples,
+        ),
+        "after": score_frame(
+            after,
+            thresholds_from(after_val, settings.get("threshold_method", "youden")),
+            out / "after",
+            "the external validation split",
+            n_resamples,
+        ),
     }
-    for label, frame, thresholds, origin in (
-        ("before", before, before_thresholds, "the source model's own validation thresholds"),
-        ("after", after, after_thresholds, "the external validation split"),
-    ):
-        folder = out / label
-        folder.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(folder / "predictions.csv", index=False)
-        metrics = metrics_from_predictions(frame, thresholds, split="test", n_resamples=n_resamples)
-        metrics["threshold_source"] = origin
-        write_json_atomic(folder / "metrics.json", metrics)
-        abnormal = metrics["outputs"][ABNORMAL]
-        result[label] = {
-            "auc": abnormal["auc"],
-            "auc_ci95": abnormal["auc_ci95"],
-            "threshold_source": origin,
-            "operating_point": abnormal.get("at_validation_threshold"),
-        }
-    result["n_images"], result["n_patients"] = len(after), int(after["patient"].nunique())
     comparison = compare_predictions(after, before).set_index("output").loc[ABNORMAL]
     result["delong_after_vs_before"] = {
         key: float(comparison[key]) for key in ("diff", "ci_low", "ci_high", "z", "p_value")

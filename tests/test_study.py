@@ -6,7 +6,6 @@ The study is trained once per module; the tests read its files.
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +62,7 @@ SUMMARY_COLUMNS = [
     "reference",
     "p_delong",
     "p_holm",
+    "findings_p_holm_below_005",
 ]
 
 
@@ -367,4 +367,3 @@ def test_external_command_is_registered(tmp_path: Path):
     )
     assert (args.run, args.external_root, args.fine_tune_epochs) == ("RUN", "ROOT", 2)
     assert args.func is study_module.cmd_external
-    shutil.rmtree(tmp_path)
