@@ -172,7 +172,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chexvision", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="chexvision",
+        description="Chest X-ray classifiers on NIH ChestX-ray14. Research and teaching use only.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("synth", help="write the built-in synthetic NIH-layout dataset")
