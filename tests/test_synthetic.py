@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import realdata
 from PIL import Image
 
 from chexvision_lib import synthetic
 from chexvision_lib.labels import FINDINGS, NO_FINDING, canonical_finding, parse_finding_labels
 from chexvision_lib.synthetic import write_synthetic_nih
 
-REAL_NIH = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "nih"
 DATA_ENTRY_COLUMNS = [
     "Image Index",
     "Finding Labels",
@@ -191,15 +191,15 @@ def test_marker_records_arguments_and_summary(small_set: tuple[Path, dict]) -> N
     assert sum(summary["label_counts"].values()) >= summary["n_images"]
 
 
-@pytest.mark.skipif(not REAL_NIH.is_dir(), reason="no ../shared/realdata/nih on this machine")
 def test_layout_matches_the_real_release() -> None:
-    with gzip.open(REAL_NIH / "BBox_List_2017.csv.gz", "rt", encoding="utf-8") as f:
+    real_nih = realdata("nih")
+    with gzip.open(real_nih / "BBox_List_2017.csv.gz", "rt", encoding="utf-8") as f:
         assert f.readline().rstrip("\n") == synthetic.BBOX_HEADER
-    with gzip.open(REAL_NIH / "Data_Entry_2017_v2020.csv.gz", "rt", encoding="utf-8") as f:
+    with gzip.open(real_nih / "Data_Entry_2017_v2020.csv.gz", "rt", encoding="utf-8") as f:
         real_columns = list(pd.read_csv(f, nrows=3).columns)
     assert real_columns == DATA_ENTRY_COLUMNS[:-1]  # Kaggle's copy adds only "Unnamed: 11"
     for name in ("train_val_list.txt", "test_list.txt"):
-        text = (REAL_NIH / name).read_text(encoding="utf-8")
+        text = (real_nih / name).read_text(encoding="utf-8")
         assert text.startswith("00000001_000.png\n") or re.match(r"\d{8}_\d{3}\.png\n", text)
         assert not text.endswith("\n")
 
