@@ -51,6 +51,7 @@ from chexvision_lib.evaluate import (
 )
 from chexvision_lib.labels import ABNORMAL, FINDINGS, OUTPUTS
 from chexvision_lib.metrics import holm_correction
+from chexvision_lib.model_card import markdown_table
 from chexvision_lib.models import MODEL_NAMES, find_pretrained_weights, min_image_size
 from chexvision_lib.prepare import prepare
 from chexvision_lib.synthetic import MARKER_NAME, write_synthetic_nih
@@ -493,13 +494,10 @@ def _auc_column(summary: pd.DataFrame, prefix: str) -> list[str]:
     return [_auc_with_ci(*values) for values in zip(*columns, strict=True)]
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    lines = [
-        "| " + " | ".join(frame.columns) + " |",
-        "|" + "|".join("---" for _ in frame.columns) + "|",
-    ]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(False)]
-    return "\n".join(lines)
+def frame_markdown(frame: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table (the model card's table writer)."""
+    rows = [[str(value) for value in row] for row in frame.itertuples(index=False)]
+    return markdown_table([str(column) for column in frame.columns], rows)
 
 
 def summary_markdown(summary: pd.DataFrame, config: StudyConfig, threshold_method: str) -> str:
@@ -536,7 +534,7 @@ def summary_markdown(summary: pd.DataFrame, config: StudyConfig, threshold_metho
     notes = [
         f"# Study: {config.description or Path(config.out).name}",
         "",
-        markdown_table(shown),
+        frame_markdown(shown),
         "",
         f"- Each cell: {config.folds}-fold cross-validation grouped by patient over train + val; "
         "every fold's model scores the same held-out test split. Fold AUC: mean ± sd of the "
@@ -820,7 +818,7 @@ def external_markdown(result: dict) -> str:
     lines = [
         f"# External validation of {result['source']} on {result['external_root']}",
         "",
-        markdown_table(pd.DataFrame(rows)),
+        frame_markdown(pd.DataFrame(rows)),
         "",
         f"- Same {result['n_images']} external test images ({result['n_patients']} patients) "
         f"before and after fine-tuning for {result['fine_tune']['epochs']} epochs on the external "
