@@ -1,10 +1,11 @@
-"""Training images/s per model under three feeds: how close our data path gets to the ceiling.
+"""Training images/s per model under four feeds: how close our data path gets to the ceiling.
 
 Feeds, same model, optimiser (AdamW) and step as `train.train_one_epoch`:
   device : one normalised batch already on the device, reused every step (the ceiling: no data
            work at all)
   cache  : BatchLoader over a prepared 256 px cache + `batches.augment` + normalisation on the
            device (what `chexvision train` does)
+  resident: the same with the whole cache held in device memory (`--cache-on-device`)
   pil    : torchvision DataLoader, num_workers = cores, PIL decode of the 1024 px PNGs +
            RandomResizedCrop + ToTensor + Normalize, then to the device
 Warm-up steps (cuDNN autotuning, worker start-up, torch.compile) are not timed; then --steps
@@ -29,7 +30,7 @@ from chexvision_lib.labels import OUTPUTS
 from chexvision_lib.models import build_model
 from chexvision_lib.train import autocast_dtype, masked_bce
 
-FEEDS = ("device", "cache", "pil")
+FEEDS = ("device", "cache", "resident", "pil")
 
 
 def cache_batches(
@@ -159,8 +160,15 @@ def main(argv: list[str] | None = None) -> None:
                 batches = device_batches(
                     first.to(device), first_labels.to(device), spec, args.size, channels_last
                 )
-            elif feed == "cache":
-                loader = BatchLoader(data, args.batch_size, device, shuffle=True, drop_last=True)
+            elif feed in ("cache", "resident"):
+                loader = BatchLoader(
+                    data,
+                    args.batch_size,
+                    device,
+                    shuffle=True,
+                    drop_last=True,
+                    on_device=feed == "resident",
+                )
                 batches = cache_batches(loader, spec, args.size, channels_last)
             else:
                 loader = common.pil_loader(paths, args.size, args.batch_size, args.workers, device)

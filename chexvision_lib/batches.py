@@ -103,6 +103,17 @@ class CachedSplit:
         return self.table.loc[:, ["image_id", "patient", "age", "sex", "view"]]
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a host tensor to `device` without making the host wait for the device.
+
+    A plain `.to("cuda")` from pageable memory synchronises the stream, so the CPU stops queueing
+    work until the GPU has drained it; from pinned memory the copy is asynchronous.
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class BatchLoader:
     """Iterate (uint8 images (B, 1, S, S), float labels (B, 15), split positions (B,)) on `device`.
 
@@ -136,6 +147,7 @@ class BatchLoader:
         self.resident = (
             torch.from_numpy(data.read(np.arange(len(data)))).to(device) if on_device else None
         )
+        self.resident_labels = self.labels.to(device) if on_device else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -188,10 +200,10 @@ class BatchLoader:
         if self.resident is not None:
             for positions in self._batches():
                 index = torch.from_numpy(positions)
-                device_index = index.to(self.device)
+                device_index = to_device(index, self.device)
                 yield (
                     self.resident[device_index].unsqueeze(1),
-                    self.labels[positions].to(self.device),
+                    self.resident_labels[device_index],
                     index,
                 )
             return
@@ -262,10 +274,26 @@ def augment(
     angle = torch.deg2rad(settings.degrees * (2 * u[:, 4] - 1))
     flip = torch.where((u[:, 5] < 0.5) & settings.hflip, torch.tensor(-1.0), torch.tensor(1.0))
     cos, sin = torch.cos(angle), torch.sin(angle)
-    coefficients = torch.stack(
-        [half_w * cos * flip, -half_h * sin, centre_x, half_w * sin * flip, half_h * cos, centre_y],
-        dim=1,
-    ).to(device)
+    jitter = torch.rand(batch, 2, generator=generator)
+    contrast = 1 + settings.contrast * (2 * jitter[:, 0] - 1)
+    brightness = settings.brightness * (2 * jitter[:, 1] - 1)
+    # Every per-image number goes to the device in one asynchronous copy: no host sync per step.
+    coefficients = to_device(
+        torch.stack(
+            [
+                half_w * cos * flip,
+                -half_h * sin,
+                centre_x,
+                half_w * sin * flip,
+                half_h * cos,
+                centre_y,
+                contrast,
+                brightness,
+            ],
+            dim=1,
+        ),
+        device,
+    )
     # The sampling grid by broadcasting: F.affine_grid's batched matmul is ~half the cost on a CPU.
     a = [coefficients[:, k].view(batch, 1, 1) for k in range(6)]
     base = (torch.arange(size, device=device, dtype=torch.float32) * 2 + 1) / size - 1
@@ -274,9 +302,8 @@ def augment(
     x = F.grid_sample(
         pixels.float().div_(255.0), grid, mode="bilinear", padding_mode="zeros", align_corners=False
     )
-    jitter = torch.rand(batch, 2, generator=generator).to(device)
-    contrast = (1 + settings.contrast * (2 * jitter[:, 0] - 1)).view(-1, 1, 1, 1)
-    brightness = (settings.brightness * (2 * jitter[:, 1] - 1)).view(-1, 1, 1, 1)
+    contrast = coefficients[:, 6].view(-1, 1, 1, 1)
+    brightness = coefficients[:, 7].view(-1, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     # (x - mean) * c + mean + b == x * c + (mean * (1 - c) + b), in one in-place pass
     return x.mul_(contrast).add_(mean * (1 - contrast) + brightness).clamp_(0.0, 1.0)

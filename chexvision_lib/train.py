@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 
 from chexvision_lib import distributed
 from chexvision_lib.atomic_files import recover_folder, replace_folder, write_json_atomic
-from chexvision_lib.batches import Augment, BatchLoader, CachedSplit, augment, normalise
+from chexvision_lib.batches import (
+    Augment,
+    BatchLoader,
+    CachedSplit,
+    augment,
+    normalise,
+    to_device,
+)
 from chexvision_lib.config import from_dict, to_dict
 from chexvision_lib.labels import ABNORMAL, FINDINGS, NUM_FINDINGS
 from chexvision_lib.metrics import choose_thresholds, per_class_auc, roc_auc
@@ -64,7 +71,7 @@ class TrainConfig:
     amp: Literal["auto", "fp16", "bf16", "off"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (CUDA; minutes of warm-up)
-    fused_optimizer: bool = True  # fused AdamW kernel on CUDA (also avoids GradScaler host syncs)
+    fused_optimizer: bool = True  # fused AdamW/SGD kernels on CUDA (no GradScaler host sync)
     cache_on_device: bool = False  # hold the whole training split in device memory
     threshold_method: Literal["youden", "f1"] = "youden"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -179,7 +186,11 @@ def make_optimizer(model: ChestClassifier, config: TrainConfig, device: torch.de
             fused=config.fused_optimizer and device.type == "cuda",
         )
     return torch.optim.SGD(
-        groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        groups,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        fused=config.fused_optimizer and device.type == "cuda",
     )
 
 
@@ -300,7 +311,7 @@ def predict_loader(
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x.contiguous(memory_format=memory_format))
         probs.append(torch.sigmoid(logits.float()))
-        positions.append(index.to(device))
+        positions.append(to_device(index, device))
     p = torch.cat(probs) if probs else torch.zeros(0, 1, device=device)
     pos = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long, device=device)
     if loader.world_size > 1:  # every rank must get here: gather is a collective

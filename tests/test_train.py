@@ -245,13 +245,3 @@ def test_bf16_autocast_on_cpu_trains(cache: Path, tmp_path: Path):
     )
     assert json.loads((run / "config.json").read_text())["amp_dtype"] == "bfloat16"
     assert np.isfinite(pd.read_csv(run / "history.csv")["train_loss"]).all()
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_amp_fp16_step(cache: Path, tmp_path: Path):
-    run = fit(
-        small_config(cache, tmp_path / "run", epochs=1, deterministic=False, device="cuda"),
-        show_progress=False,
-    )
-    resolved = json.loads((run / "config.json").read_text())
-    assert resolved["amp_dtype"] == "float16"
