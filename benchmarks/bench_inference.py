@@ -61,17 +61,22 @@ class BaselineDataset(torch.utils.data.Dataset):
             return self.transform(image.convert("RGB"))
 
 
-def run_baseline(paths: list[Path], workers: int, batch_size: int) -> tuple[float, np.ndarray]:
+def run_baseline(
+    paths: list[Path], workers: int, batch_size: int, device: torch.device
+) -> tuple[float, np.ndarray]:
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=len(OUTPUTS)).eval()
+    model = torchvision.models.resnet18(num_classes=len(OUTPUTS)).eval().to(device)
     started = time.perf_counter()
     loader = torch.utils.data.DataLoader(
-        BaselineDataset(paths), batch_size=batch_size, num_workers=workers
+        BaselineDataset(paths),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
     )
     out = []
     with torch.no_grad():
         for x in loader:
-            out.append(torch.sigmoid(model(x)).numpy())
+            out.append(torch.sigmoid(model(x.to(device))).cpu().numpy())
     return time.perf_counter() - started, np.concatenate(out)
 
 
@@ -138,25 +143,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=common.CORES, help="decode workers")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per row; best kept")
     parser.add_argument("--skip-baseline", action="store_true", help="skip the ~50 s baseline")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     parser.add_argument(
-        "--amps", nargs="+", default=["off", "bf16"], help="predict_images amp settings to time"
+        "--amps",
+        nargs="+",
+        help="predict_images amp settings to time (default: off bf16 on a CPU, off fp16 on CUDA)",
     )
     parser.add_argument("--run", type=Path, help="trained run folder for the accuracy check")
     parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args(argv)
-    print(common.describe_machine(torch.device("cpu")))
+    device = common.resolve_device(args.device)
+    amps = args.amps or (["off", "fp16"] if device.type == "cuda" else ["off", "bf16"])
+    print(common.describe_machine(device))
 
     folder = common.scratch_folder("inference", keep=True)
     paths = common.replicate(args.images, args.n, folder / "png")
     rows = []
     probabilities: dict[str, np.ndarray] = {}
     if not args.skip_baseline:
-        runs = [run_baseline(paths, args.workers, args.batch_size) for _ in range(args.repeats)]
+        runs = [
+            run_baseline(paths, args.workers, args.batch_size, device) for _ in range(args.repeats)
+        ]
         rows.append(_timing_row("baseline: torchvision recipe, fp32", runs, len(paths)))
         print(f"  baseline: {rows[-1]['seconds']:.1f} s", flush=True)
     torch.manual_seed(0)
-    model = build_model("resnet18", image_size=224)
-    for amp in args.amps:
+    model = build_model("resnet18", image_size=224).to(device)
+    for amp in amps:
         runs = [
             run_predict(model, paths, amp, args.workers, args.batch_size)
             for _ in range(args.repeats)

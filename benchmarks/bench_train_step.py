@@ -68,30 +68,34 @@ def device_batches(
         yield x, labels
 
 
-def time_training(model, batches, device, amp_dtype, warmup: int, steps: int) -> float:
-    """Images/s over `steps` training steps after `warmup` untimed ones."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    pos_weight = torch.ones(len(OUTPUTS), device=device)
-    model.train()
+class Trainer:
+    """One model + optimiser + feed, stepping the way `train.train_one_epoch` does."""
 
-    def step() -> int:
-        x, labels = next(batches)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = masked_bce(model(x), labels, pos_weight)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+    def __init__(self, model, batches, device, amp_dtype) -> None:
+        self.model, self.batches, self.device, self.amp_dtype = model, batches, device, amp_dtype
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        self.pos_weight = torch.ones(len(OUTPUTS), device=device)
+        model.train()
+
+    def step(self) -> int:
+        x, labels = next(self.batches)
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        ):
+            loss = masked_bce(self.model(x), labels, self.pos_weight)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
         return len(x)
 
-    for _ in range(warmup):
-        step()
-    common.synchronize(device)
-    started = time.perf_counter()
-    images = sum(step() for _ in range(steps))
-    common.synchronize(device)
-    return images / (time.perf_counter() - started)
+    def images_per_second(self, steps: int) -> float:
+        common.synchronize(self.device)
+        started = time.perf_counter()
+        images = sum(self.step() for _ in range(steps))
+        common.synchronize(self.device)
+        return images / (time.perf_counter() - started)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,8 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=256)
     # CPU defaults keep the whole run to a few minutes on 2 cores: figures there are rough.
     parser.add_argument("--batch-size", type=int, default=32 if cuda else 4)
-    parser.add_argument("--warmup", type=int, default=5 if cuda else 2, help="untimed steps")
-    parser.add_argument("--steps", type=int, default=30 if cuda else 3, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=10 if cuda else 2, help="untimed steps")
+    parser.add_argument("--steps", type=int, default=50 if cuda else 3, help="timed steps")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3 if cuda else 1,
+        help="timed rounds, feeds interleaved; the best round of each feed is kept",
+    )
     parser.add_argument("--workers", type=int, default=common.CORES, help="PIL DataLoader workers")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument(
@@ -126,13 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     channels_last = not args.no_channels_last
     print(common.describe_machine(device))
     print(
-        f"batch {args.batch_size}, {args.size} px, {args.warmup} warm-up + {args.steps} timed "
-        f"steps | amp {amp_dtype or 'off (fp32)'} | channels_last {channels_last} | "
-        f"compile {args.compile}"
+        f"batch {args.batch_size}, {args.size} px, {args.warmup} warm-up + {args.rounds} x "
+        f"{args.steps} timed steps | amp {amp_dtype or 'off (fp32)'} | "
+        f"channels_last {channels_last} | compile {args.compile}"
     )
 
     folder = common.scratch_folder("train-step", keep=True)
-    needed = (args.warmup + args.steps) * args.batch_size
+    needed = (args.warmup + args.steps * args.rounds) * args.batch_size
     paths = common.replicate(args.images, max(args.n, needed), folder / "png")
     cache = prepare_cache(
         common.index_table(paths, split="train"),
@@ -147,15 +157,13 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for name in args.models:
-        rates: dict[str, float] = {}
+        trainers: dict[str, Trainer] = {}
         for feed in args.feeds:
             torch.manual_seed(0)
             model = build_model(name, image_size=args.size).to(device)
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
             spec = model.preprocessing
-            train_model = torch.compile(model) if args.compile else model
-            loader = None
             if feed == "device":
                 batches = device_batches(
                     first.to(device), first_labels.to(device), spec, args.size, channels_last
@@ -173,13 +181,21 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 loader = common.pil_loader(paths, args.size, args.batch_size, args.workers, device)
                 batches = pil_batches(loader, device, channels_last)
-            rates[feed] = time_training(
-                train_model, batches, device, amp_dtype, args.warmup, args.steps
-            )
-            batches.close()
-            del loader, batches, train_model, model
-            print(f"  {name} / {feed}: {rates[feed]:.1f} img/s", flush=True)
+            train_model = torch.compile(model) if args.compile else model
+            trainers[feed] = Trainer(train_model, batches, device, amp_dtype)
+            for _ in range(args.warmup):  # cuDNN autotuning, worker start-up, compilation
+                trainers[feed].step()
+        # Rounds interleave the feeds, so clock ramps and neighbours' load hit every feed alike.
+        runs: dict[str, list[float]] = {feed: [] for feed in args.feeds}
+        for _ in range(args.rounds):
+            for feed, trainer in trainers.items():
+                runs[feed].append(trainer.images_per_second(args.steps))
+        for trainer in trainers.values():
+            trainer.batches.close()
+        del trainers
+        rates = {feed: max(values) for feed, values in runs.items()}
         for feed, rate in rates.items():
+            print(f"  {name} / {feed}: {' / '.join(f'{r:.0f}' for r in runs[feed])} img/s")
             row = {"model": name, "feed": feed, "img/s": rate}
             if "device" in rates:
                 row["% of ceiling"] = 100 * rate / rates["device"]

@@ -40,7 +40,10 @@ def setup(device_name: str) -> DistState:
     else:
         device = torch.device("cpu")
     if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # device_id binds NCCL to this rank's GPU up front (and silences barrier()'s warning).
+        torch_dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None
+        )
     return DistState(True, torch_dist.get_rank(), torch_dist.get_world_size(), device)
 
 
