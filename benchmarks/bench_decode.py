@@ -29,8 +29,15 @@ from chexvision_lib.image_io import load_grey
 
 
 # --- decoders: path -> uint8 (size, size) --------------------------------------------------------
-def pil_load_grey(path: Path, size: int) -> np.ndarray:
-    return load_grey(path, size)  # PIL open, convert L, antialiased bilinear resize
+def load_grey_today(path: Path, size: int) -> np.ndarray:
+    return load_grey(path, size)  # 8-bit grey PNG: OpenCV decode + PIL resize; others: PIL
+
+
+def pil_only(path: Path, size: int) -> np.ndarray:
+    # What load_grey did before it decoded with OpenCV: PIL open, convert L, PIL resize.
+    with Image.open(path) as image:
+        grey = image.convert("L")
+        return np.asarray(grey.resize((size, size), Image.Resampling.BILINEAR))
 
 
 def pil_reduce(path: Path, size: int) -> np.ndarray:
@@ -56,15 +63,6 @@ def cv2_area(path: Path, size: int) -> np.ndarray:
     return cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def cv2_decode_pil_resize(path: Path, size: int) -> np.ndarray:
-    # The change proposed for image_io: OpenCV decodes 8-bit grey PNGs, PIL resizes as today.
-    grey = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if grey.ndim == 3:  # NIH's RGBA files (R=G=B, alpha 255): same grey as PIL's convert("L")
-        return load_grey(path, size)
-    resized = Image.fromarray(grey).resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(resized)
-
-
 def cv2_reduced(path: Path, size: int) -> np.ndarray:
     grey = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_4)  # 1024 -> 256, decoded in full
     if grey.shape != (size, size):
@@ -83,11 +81,11 @@ def torchvision_png(path: Path, size: int) -> np.ndarray:
 
 
 DECODERS: dict[str, tuple[Callable[[Path, int], np.ndarray], str]] = {
-    "PIL load_grey (today)": (pil_load_grey, "open + convert L + resize BILINEAR (antialiased)"),
+    "load_grey (today)": (load_grey_today, "OpenCV imdecode + PIL resize BILINEAR (antialiased)"),
+    "PIL only": (pil_only, "PIL open + convert L + resize BILINEAR (antialiased)"),
     "PIL reduce(4)": (pil_reduce, "open + convert L + Image.reduce (box 4x4)"),
     "PIL draft": (pil_draft, "draft() is JPEG-only: a no-op on PNG"),
     "OpenCV INTER_AREA": (cv2_area, "imread GRAYSCALE + resize INTER_AREA"),
-    "OpenCV decode + PIL resize": (cv2_decode_pil_resize, "imread UNCHANGED + PIL BILINEAR"),
     "OpenCV REDUCED_GRAYSCALE_4": (cv2_reduced, "imread IMREAD_REDUCED_GRAYSCALE_4"),
     "torchvision decode_png": (torchvision_png, "read_file + decode_png GRAY + interpolate AA"),
 }
@@ -163,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             rate, out = time_decoder(decode, paths, args.size)
             rates[name].append(rate)
             pixels.setdefault(name, np.stack(out))
-    reference = pixels["PIL load_grey (today)"].astype(np.int16)
+    reference = pixels["load_grey (today)"].astype(np.int16)
     rows = []
     for name, (_decode, what) in DECODERS.items():
         diff = np.abs(pixels[name].astype(np.int16) - reference)

@@ -90,12 +90,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return len(x)
 
-    def images_per_second(self, steps: int) -> float:
+    def images_per_second(self, steps: int) -> tuple[float, float]:
+        """(images/s, main-thread CPU ms per step): when the CPU ms approach the wall ms per
+        step, the step is host-bound (Python and kernel launches), not GPU-bound."""
         common.synchronize(self.device)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         images = sum(self.step() for _ in range(steps))
         common.synchronize(self.device)
-        return images / (time.perf_counter() - started)
+        cpu_ms = 1000 * (time.thread_time() - cpu_started) / steps
+        return images / (time.perf_counter() - started), cpu_ms
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,13 +115,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feeds", nargs="+", choices=FEEDS, default=list(FEEDS))
     parser.add_argument("--size", type=int, default=256)
     # CPU defaults keep the whole run to a few minutes on 2 cores: figures there are rough.
-    parser.add_argument("--batch-size", type=int, default=32 if cuda else 4)
-    parser.add_argument("--warmup", type=int, default=10 if cuda else 2, help="untimed steps")
+    parser.add_argument("--batch-size", type=int, default=32 if cuda else 8)
+    parser.add_argument("--warmup", type=int, default=10 if cuda else 1, help="untimed steps")
     parser.add_argument("--steps", type=int, default=50 if cuda else 3, help="timed steps")
     parser.add_argument(
         "--rounds",
         type=int,
-        default=3 if cuda else 1,
+        default=3,
         help="timed rounds, feeds interleaved; the best round of each feed is kept",
     )
     parser.add_argument("--workers", type=int, default=common.CORES, help="PIL DataLoader workers")
@@ -187,16 +190,22 @@ def main(argv: list[str] | None = None) -> None:
                 trainers[feed].step()
         # Rounds interleave the feeds, so clock ramps and neighbours' load hit every feed alike.
         runs: dict[str, list[float]] = {feed: [] for feed in args.feeds}
+        host_ms: dict[str, list[float]] = {feed: [] for feed in args.feeds}
         for _ in range(args.rounds):
             for feed, trainer in trainers.items():
-                runs[feed].append(trainer.images_per_second(args.steps))
+                rate, cpu_ms = trainer.images_per_second(args.steps)
+                runs[feed].append(rate)
+                host_ms[feed].append(cpu_ms)
         for trainer in trainers.values():
             trainer.batches.close()
         del trainers
         rates = {feed: max(values) for feed, values in runs.items()}
         for feed, rate in rates.items():
             print(f"  {name} / {feed}: {' / '.join(f'{r:.0f}' for r in runs[feed])} img/s")
-            row = {"model": name, "feed": feed, "img/s": rate}
+            wall_ms = 1000 * args.batch_size / rate
+            row = {"model": name, "feed": feed, "img/s": rate, "ms/step": wall_ms}
+            if device.type == "cuda":  # on a CPU the work runs in torch's other threads
+                row["host CPU ms/step"] = min(host_ms[feed])
             if "device" in rates:
                 row["% of ceiling"] = 100 * rate / rates["device"]
             if "pil" in rates:
