@@ -12,7 +12,7 @@ How modes become 8-bit grey (documented for users; tested on each):
   /257 would leave them nearly black; the per-image stretch is what radiology viewers do by default.
 - `1` (bilevel) and `F` (float): converted likewise (F stretched like 16-bit).
 Whole 8-bit grey PNGs (101 of the 103 real NIH files) are decoded by OpenCV when it is installed:
-the same samples as PIL (PNG is lossless), ~15% faster per core (benchmarks/bench_decode.py);
+the same samples as PIL (PNG is lossless), ~12% faster per core (benchmarks/bench_decode.py);
 every other file goes through PIL. The resize is PIL's in both cases.
 Non-square images are resized to a square without keeping the aspect ratio (as Tang et al. and the
 NIH release do); resizing uses PIL's antialiased bilinear filter.

@@ -3,7 +3,7 @@
 The pixels are those of `image_io.load_grey`, the definition the cache uses, so with amp="off"
 a file scores exactly as its cached copy does in `evaluate`. Three things make it fast:
 - `load_grey` decodes 8-bit greyscale PNGs with OpenCV when it is installed (same pixels as PIL,
-  ~15% faster per core; benchmarks/bench_decode.py).
+  ~12% faster per core; benchmarks/bench_decode.py).
 - Decoding runs in a thread pool (OpenCV and PIL release the GIL), a batch ahead of the model, so
   on a GPU the model never waits for the CPU, and on a CPU decode fills the model's idle gaps.
 - The model runs under inference_mode in channels_last. amp="bf16" scores with a bfloat16 copy of
