@@ -22,7 +22,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -422,6 +422,24 @@ def _check_out_dir(out: Path, run: Path) -> None:
             )
 
 
+def without_local_paths(value: Any) -> Any:
+    """A JSON value with every absolute filesystem path cut to its file or folder name.
+
+    Run configs and metrics record where the cache, data and run folder lived; a published folder
+    keeps the names (the data hashes identify the files) but not the author's directory layout,
+    which can include a user name.
+    """
+    if isinstance(value, dict):
+        return {key: without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_local_paths(item) for item in value]
+    if isinstance(value, str) and (
+        PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute()
+    ):
+        return PureWindowsPath(value).name if "\\" in value else PurePosixPath(value).name
+    return value
+
+
 def _history_length(run: Path) -> int | None:
     path = run / "history.csv"
     return len(pd.read_csv(path)) if path.exists() else None
@@ -445,15 +463,16 @@ def _write_folder(
     metrics_by_split = {}
     for s in splits:
         (staging / RESULTS_DIR / s).mkdir(parents=True)
-        shutil.copyfile(_split_paths(run, s)[0], staging / RESULTS_DIR / s / METRICS_FILE)
-        metrics_by_split[s] = json.loads((staging / RESULTS_DIR / s / METRICS_FILE).read_text())
+        metrics = without_local_paths(_read_json(_split_paths(run, s)[0], "evaluate the run"))
+        write_json_atomic(staging / RESULTS_DIR / s / METRICS_FILE, metrics)
+        metrics_by_split[s] = metrics
     if (run / split / SUBGROUPS_FILE).exists():
         shutil.copyfile(
             run / split / SUBGROUPS_FILE, staging / RESULTS_DIR / split / SUBGROUPS_FILE
         )
     data = data_section(model_config.get("training", {}), metrics_by_split)
     config = {**model_config, DATA_KEY: data, PUBLICATION_KEY: publication}
-    write_json_atomic(staging / "config.json", config)
+    write_json_atomic(staging / "config.json", without_local_paths(config))
     if figures:
         split_label = f"{split} split ({data['splits'][split]['description']})"
         write_figures(run, split, metrics_by_split[split], split_label, staging / FIGURES_DIR, out)

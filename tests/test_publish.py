@@ -36,6 +36,7 @@ from chexvision_lib.publish import (
     make_epoch_uploader,
     push_model_folder,
     resolve_token,
+    without_local_paths,
 )
 from chexvision_lib.train import TrainConfig, fit
 
@@ -188,12 +189,21 @@ def test_model_folder_holds_the_shipped_files(run: Path, folder: Path):
         run / "model" / "model.safetensors"
     ).read_bytes()
     for split in ("test", "val"):
-        assert (folder / "results" / split / "metrics.json").read_bytes() == (
-            run / split / "metrics.json"
-        ).read_bytes()
+        published = json.loads((folder / "results" / split / "metrics.json").read_text())
+        recorded = json.loads((run / split / "metrics.json").read_text())
+        assert published == without_local_paths(recorded)
+        assert published["model"]["run"] == run.name  # the run's name, not where it lives
+        assert published["model"]["weights_sha256"] == recorded["model"]["weights_sha256"]
     config = json.loads((folder / "config.json").read_text())
     shipped = json.loads((run / "model" / "config.json").read_text())
-    assert {k: config[k] for k in shipped} == shipped  # training's keys are kept as they were
+    # training's keys are kept as they were, local paths cut to their last part
+    assert {k: config[k] for k in shipped} == without_local_paths(shipped)
+    assert config["training"]["cache"]["path"] == Path(shipped["training"]["cache"]["path"]).name
+    assert Path(shipped["training"]["cache"]["path"]).is_absolute()
+    # No file of the folder says where the author keeps things.
+    for path in folder.rglob("*"):
+        if path.suffix in (".json", ".md", ".csv"):
+            assert str(run.parent) not in path.read_text(), path
     data = config["data"]
     assert data["synthetic"] is True
     assert set(data["split_files"]) == {
