@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -113,11 +114,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from chexvision_lib.predict import predict_images
-    from chexvision_lib.train import load_model
+    from chexvision_lib.train import load_model, resolve_device
 
-    model = load_model(args.model, revision=args.revision)
-    frame = predict_images(model, args.images, batch_size=args.batch_size, amp=args.amp)
-    if args.json:
+    model = load_model(args.model, resolve_device(args.device), revision=args.revision)
+    frame = predict_images(
+        model, args.images, batch_size=args.batch_size, workers=args.workers, amp=args.amp
+    )
+    if args.out:
+        frame.to_csv(args.out, index=False)
+        print(f"wrote {len(frame)} rows to {args.out}")
+        print(DISCLAIMER)
+    elif args.json:
         print(frame.to_json(orient="records", indent=2))
     else:
         with_columns = frame.set_index("image").T
@@ -249,8 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--revision", help="Hub revision (commit hash) when MODEL is a repo id")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--amp", choices=["off", "bf16", "fp16", "auto"], default="off")
+    p.add_argument(
+        "--amp",
+        choices=["off", "bf16", "fp16", "auto"],
+        default="off",
+        help="off: exact fp32; bf16: ~1.6x faster on an AVX512-BF16 CPU; auto/fp16: CUDA fp16",
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, len(os.sched_getaffinity(0))),
+        help="decode threads (default: the cores available, at most 8)",
+    )
     p.add_argument("--json", action="store_true")
+    p.add_argument("--out", help="write the probabilities to this CSV instead of printing them")
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser("demo", help="synthetic data -> cache -> train -> evaluate")

@@ -236,6 +236,15 @@ def test_cli_predict_rejects_non_images(cache: Path, tmp_path: Path, capsys):
     assert cli_main(["predict", str(run), image, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert 0.0 <= rows[0][prob_column("Abnormal")] <= 1.0
+    images = list(CachedSplit(cache, "test").table["path"].iloc[:5])
+    out = tmp_path / "predictions.csv"
+    args = ["predict", str(run), *images, "--out", str(out), "--workers", "1", "--device", "cpu"]
+    assert cli_main(args) == 0
+    written = pd.read_csv(out)
+    expected = predict_images(load_model(run), images)
+    assert list(written["image"]) == images
+    columns = [prob_column(name) for name in OUTPUTS]
+    assert np.allclose(written[columns].to_numpy(), expected[columns].to_numpy(), atol=1e-6)
 
 
 def test_bf16_autocast_on_cpu_trains(cache: Path, tmp_path: Path):
