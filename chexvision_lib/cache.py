@@ -37,6 +37,13 @@ class IncompleteCacheError(FileNotFoundError):
     """A folder is not a complete cache (prepare was interrupted, or never ran)."""
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (a container's or taskset's share, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux; macOS and Windows lack it
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class CacheSettings:
     size: int
@@ -171,7 +178,7 @@ def prepare_cache(
     failed_path = out / "failed.csv"
     if failed_path.exists():
         failures = list(pd.read_csv(failed_path).itertuples(index=False, name=None))
-    workers = workers or min(len(os.sched_getaffinity(0)), 16)
+    workers = workers or min(available_cores(), 16)
     bar = tqdm(
         total=n, initial=n - len(todo), desc=f"prepare {size}px", unit="img", disable=not progress
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import typing
 from pathlib import Path
@@ -113,12 +112,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from chexvision_lib.cache import available_cores
     from chexvision_lib.predict import predict_images
     from chexvision_lib.train import load_model, resolve_device
 
     model = load_model(args.model, resolve_device(args.device), revision=args.revision)
+    workers = args.workers or min(8, available_cores())
     frame = predict_images(
-        model, args.images, batch_size=args.batch_size, workers=args.workers, amp=args.amp
+        model, args.images, batch_size=args.batch_size, workers=workers, amp=args.amp
     )
     if args.out:
         frame.to_csv(args.out, index=False)
@@ -266,7 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         type=int,
-        default=min(8, len(os.sched_getaffinity(0))),
         help="decode threads (default: the cores available, at most 8)",
     )
     p.add_argument("--json", action="store_true")

@@ -436,7 +436,7 @@ def without_local_paths(value: Any) -> Any:
     if isinstance(value, str) and (
         PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute()
     ):
-        return PureWindowsPath(value).name if "\\" in value else PurePosixPath(value).name
+        return PureWindowsPath(value).name  # splits on both "/" and "\\"
     return value
 
 
