@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from chexvision_lib.image_io import load_grey
+from chexvision_lib.data.image_io import load_grey
 
 
 # --- decoders: path -> uint8 (size, size) --------------------------------------------------------
@@ -111,7 +111,7 @@ def raw_decode_identical(paths: list[Path]) -> bool:
 PREPARE_CHILD = """
 import json, resource, sys, time
 import pandas as pd
-from chexvision_lib.cache import prepare_cache
+from chexvision_lib.data.cache import prepare_cache
 table = pd.read_csv(sys.argv[1], dtype={"patient": str, "image_id": str})
 started = time.perf_counter()
 prepare_cache(table, sys.argv[2], size=int(sys.argv[3]), workers=int(sys.argv[4]), progress=False)

@@ -30,13 +30,13 @@ import torch
 import torchvision
 from PIL import Image
 
-from chexvision_lib.batches import CachedSplit
-from chexvision_lib.evaluate import prob_column
-from chexvision_lib.labels import FINDINGS, OUTPUTS
-from chexvision_lib.metrics import per_class_auc
-from chexvision_lib.models import build_model
-from chexvision_lib.predict import predict_images
-from chexvision_lib.train import load_model
+from chexvision_lib.core.labels import FINDINGS, OUTPUTS
+from chexvision_lib.core.predictions import prob_column
+from chexvision_lib.data.batches import CachedSplit
+from chexvision_lib.evaluation.metrics import per_class_auc
+from chexvision_lib.models.loading import load_model
+from chexvision_lib.models.predict import predict_images
+from chexvision_lib.models.registry import build_model
 
 
 class BaselineDataset(torch.utils.data.Dataset):
@@ -93,7 +93,7 @@ def demo_run(run: Path | None) -> Path:
         return run
     folder = common.scratch_folder("demo", keep=True)
     if not (folder / "run" / "test" / "metrics.json").exists():
-        from chexvision_lib.demo import run_demo
+        from chexvision_lib.studies.demo import run_demo
 
         print("training a quick demo model for the accuracy check (about a minute)...", flush=True)
         quiet = io.StringIO()

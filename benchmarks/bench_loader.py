@@ -22,8 +22,8 @@ import time
 import common
 import torch
 
-from chexvision_lib.batches import Augment, BatchLoader, CachedSplit, augment
-from chexvision_lib.cache import prepare_cache
+from chexvision_lib.data.batches import Augment, BatchLoader, CachedSplit, augment
+from chexvision_lib.data.cache import prepare_cache
 
 MEAN, STD = 0.5, 0.25  # the scratch normalisation; the value does not change the cost
 

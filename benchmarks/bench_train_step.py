@@ -24,11 +24,12 @@ from collections.abc import Iterator
 import common
 import torch
 
-from chexvision_lib.batches import Augment, BatchLoader, CachedSplit, augment, normalise
-from chexvision_lib.cache import prepare_cache
-from chexvision_lib.labels import OUTPUTS
-from chexvision_lib.models import build_model
-from chexvision_lib.train import autocast_dtype, masked_bce
+from chexvision_lib.core.labels import OUTPUTS
+from chexvision_lib.data.batches import Augment, BatchLoader, CachedSplit, augment, normalise
+from chexvision_lib.data.cache import prepare_cache
+from chexvision_lib.models.registry import build_model
+from chexvision_lib.runtime.devices import autocast_dtype
+from chexvision_lib.training.losses import masked_bce
 
 FEEDS = ("device", "cache", "resident", "pil")
 

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from chexvision_lib.labels import OUTPUTS
+from chexvision_lib.core.labels import OUTPUTS
 
 REPO = Path(__file__).resolve().parents[1]
 # The 103 real 1024 px NIH PNGs; never copied into the repository (see benchmarks/README.md).

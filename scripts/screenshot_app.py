@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from chexvision_lib.app import launch, synthetic_examples
+from chexvision_lib.serving.app import launch, synthetic_examples
 
 # What headless Chromium needs on these machines: no sandbox as root, no GPU, and none of the
 # background connections that a closed network refuses (they slow every start).

@@ -79,7 +79,7 @@ def tiny_nih(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from chexvision_lib.synthetic import write_synthetic_nih
+    from chexvision_lib.data.synthetic import write_synthetic_nih
 
     root = tmp_path_factory.mktemp("synth") / "nih"
     write_synthetic_nih(root, n_patients=60, image_size=128, seed=3)

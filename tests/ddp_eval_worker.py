@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import torch
 
-from chexvision_lib import distributed
-from chexvision_lib.batches import BatchLoader, CachedSplit
-from chexvision_lib.train import load_model, predict_loader
+from chexvision_lib.data.batches import BatchLoader, CachedSplit
+from chexvision_lib.models.loading import load_model
+from chexvision_lib.models.predict import predict_loader
+from chexvision_lib.runtime import distributed
 
 run, cache, split, out = sys.argv[1:5]
 state = distributed.setup("cpu")

@@ -24,24 +24,25 @@ import torch
 from conftest import REALDATA
 from PIL import Image
 
-from chexvision_lib import space
-from chexvision_lib.app import (
+from chexvision_lib.cli import serve
+from chexvision_lib.cli.main import build_parser
+from chexvision_lib.core.disclaimer import DISCLAIMER
+from chexvision_lib.core.labels import ABNORMAL, FINDINGS, NO_FINDING, OUTPUTS
+from chexvision_lib.core.predictions import prob_column
+from chexvision_lib.data.image_io import load_grey
+from chexvision_lib.models.loading import load_model
+from chexvision_lib.models.predict import predict_images
+from chexvision_lib.models.registry import build_model
+from chexvision_lib.serving import space
+from chexvision_lib.serving.app import (
     API_NAME,
     GRADIO_VERSION,
-    add_app_commands,
-    cmd_app,
     findings_table,
     is_flagged,
     probability_chart,
     stored_thresholds,
     synthetic_examples,
 )
-from chexvision_lib.evaluate import DISCLAIMER, prob_column
-from chexvision_lib.image_io import load_grey
-from chexvision_lib.labels import ABNORMAL, FINDINGS, NO_FINDING, OUTPUTS
-from chexvision_lib.models import build_model
-from chexvision_lib.predict import predict_images
-from chexvision_lib.train import load_model
 
 IMAGE_SIZE = 64
 # One threshold left out (Pneumonia) to show the page copes with outputs that have none.
@@ -88,7 +89,7 @@ def images(tmp_path_factory: pytest.TempPathFactory, examples_dir: Path) -> list
 def client(model_dir: Path, examples_dir: Path) -> Iterator[Any]:
     pytest.importorskip("gradio")
     gradio_client = pytest.importorskip("gradio_client")
-    from chexvision_lib.app import launch
+    from chexvision_lib.serving.app import launch
 
     app = launch(
         model_dir,
@@ -240,18 +241,21 @@ def test_examples_are_drawn_once_with_their_labels(examples_dir: Path) -> None:
 # Command line and Space folder
 # ----------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chexvision")
-    add_app_commands(parser.add_subparsers(dest="command", required=True))
-    return parser
+    return build_parser()
 
 
 def test_cli_registers_app_and_space() -> None:
     args = _parser().parse_args(["app", "runs/demo/run", "--port", "7861"])
-    assert (args.func, args.host, args.port, args.revision) == (cmd_app, "127.0.0.1", 7861, None)
+    assert (args.func, args.host, args.port, args.revision) == (
+        serve.run_app,
+        "127.0.0.1",
+        7861,
+        None,
+    )
     args = _parser().parse_args(
         ["space", "model", "out", "--repo-id", "me/chexvision", "--revision", COMMIT]
     )
-    assert args.func is space.cmd_space and args.package is None
+    assert args.func is serve.run_space and args.package is None
     with pytest.raises(SystemExit):  # no --revision: refused by the parser
         _parser().parse_args(["space", "model", "out", "--repo-id", "me/chexvision"])
 
@@ -320,7 +324,7 @@ def test_pinned_model_loads_only_the_tested_weights(
 ) -> None:
     import huggingface_hub
 
-    import chexvision_lib.train
+    import chexvision_lib.models.loading
 
     downloads: list[tuple[str, str, str]] = []
 
@@ -329,7 +333,9 @@ def test_pinned_model_loads_only_the_tested_weights(
         return str(model_dir / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(chexvision_lib.train, "load_model", lambda *a, **k: load_model(model_dir))
+    monkeypatch.setattr(
+        chexvision_lib.models.loading, "load_model", lambda *a, **k: load_model(model_dir)
+    )
     sha256 = space.file_sha256(model_dir / "model.safetensors")
     model = space.load_pinned_model("me/m", COMMIT, sha256)
     assert model.thresholds == pytest.approx(THRESHOLDS)
@@ -344,13 +350,15 @@ def test_space_app_py_builds_the_page_from_the_pinned_model(
     gradio = pytest.importorskip("gradio")
     import huggingface_hub
 
-    import chexvision_lib.train
+    import chexvision_lib.models.loading
 
     out = space.write_space_folder(model_dir, tmp_path / "space", repo_id="me/m", revision=COMMIT)
     monkeypatch.setattr(
         huggingface_hub, "hf_hub_download", lambda repo_id, filename, revision: model_dir / filename
     )
-    monkeypatch.setattr(chexvision_lib.train, "load_model", lambda *a, **k: load_model(model_dir))
+    monkeypatch.setattr(
+        chexvision_lib.models.loading, "load_model", lambda *a, **k: load_model(model_dir)
+    )
     monkeypatch.setenv("CHEXVISION_CACHE", str(examples_dir))
     namespace = runpy.run_path(str(out / "app.py"), run_name="space_app")  # not __main__: no serve
     assert isinstance(namespace["demo"], gradio.Blocks)

@@ -13,12 +13,12 @@ import pytest
 from conftest import REPO, realdata, write_tiny_nih
 from PIL import Image
 
-from chexvision_lib.batches import BatchLoader, CachedSplit
-from chexvision_lib.cache import IncompleteCacheError, open_cache, prepare_cache
-from chexvision_lib.hub_parquet import build_hub_index
-from chexvision_lib.image_io import ImageDecodeError, load_grey
-from chexvision_lib.nih_index import build_nih_index
-from chexvision_lib.prepare import prepare
+from chexvision_lib.data.batches import BatchLoader, CachedSplit
+from chexvision_lib.data.cache import IncompleteCacheError, open_cache, prepare_cache
+from chexvision_lib.data.hub_parquet import build_hub_index
+from chexvision_lib.data.image_io import ImageDecodeError, load_grey
+from chexvision_lib.data.nih_index import build_nih_index
+from chexvision_lib.data.prepare import prepare
 
 
 def test_prepare_writes_every_image_once(tiny_nih: Path, tmp_path: Path):
@@ -66,7 +66,7 @@ def test_killed_prepare_resumes_to_an_identical_cache(tmp_path: Path):
     reference = prepare(root, tmp_path / "reference", size=64, workers=1, progress=False)
     target = tmp_path / "killed"
     code = (
-        f"from chexvision_lib.prepare import prepare; "
+        f"from chexvision_lib.data.prepare import prepare; "
         f"prepare({str(root)!r}, {str(target)!r}, size=64, workers=1, progress=False)"
     )
     process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True)

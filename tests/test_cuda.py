@@ -16,18 +16,15 @@ import pytest
 import torch
 from test_train import small_config
 
-from chexvision_lib.batches import Augment, BatchLoader, CachedSplit, augment
-from chexvision_lib.models import build_model
-from chexvision_lib.predict import predict_arrays
-from chexvision_lib.prepare import prepare
-from chexvision_lib.train import (
-    autocast_dtype,
-    fit,
-    load_model,
-    make_optimizer,
-    positive_weights,
-    train_one_epoch,
-)
+from chexvision_lib.data.batches import Augment, BatchLoader, CachedSplit, augment
+from chexvision_lib.data.prepare import prepare
+from chexvision_lib.models.loading import load_model
+from chexvision_lib.models.predict import predict_arrays
+from chexvision_lib.models.registry import build_model
+from chexvision_lib.runtime.devices import autocast_dtype
+from chexvision_lib.training.loop import fit, train_one_epoch
+from chexvision_lib.training.losses import positive_weights
+from chexvision_lib.training.optimisation import make_optimizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

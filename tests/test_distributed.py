@@ -22,9 +22,12 @@ import torch
 from conftest import REPO
 from safetensors.torch import load_file
 
-from chexvision_lib.batches import BatchLoader, CachedSplit
-from chexvision_lib.prepare import prepare
-from chexvision_lib.train import TrainConfig, fit, load_model, predict_loader
+from chexvision_lib.data.batches import BatchLoader, CachedSplit
+from chexvision_lib.data.prepare import prepare
+from chexvision_lib.models.loading import load_model
+from chexvision_lib.models.predict import predict_loader
+from chexvision_lib.training.config import TrainConfig
+from chexvision_lib.training.loop import fit
 
 ARGS = [
     "--model",
@@ -59,7 +62,7 @@ def torchrun(*args: str) -> None:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from chexvision_lib.synthetic import write_synthetic_nih
+    from chexvision_lib.data.synthetic import write_synthetic_nih
 
     base = tmp_path_factory.mktemp("ddp")
     write_synthetic_nih(base / "data", n_patients=100, image_size=128, seed=5)

@@ -6,12 +6,13 @@ from pathlib import Path
 import pytest
 from conftest import realdata
 
-from chexvision_lib.demo import run_demo
-from chexvision_lib.evaluate import evaluate_run
-from chexvision_lib.prepare import prepare
-from chexvision_lib.report import localisation_report
-from chexvision_lib.splits import check_patient_disjoint
-from chexvision_lib.train import TrainConfig, fit
+from chexvision_lib.data.prepare import prepare
+from chexvision_lib.data.splits import check_patient_disjoint
+from chexvision_lib.evaluation.evaluate import evaluate_run
+from chexvision_lib.reporting.report import localisation_report
+from chexvision_lib.studies.demo import run_demo
+from chexvision_lib.training.config import TrainConfig
+from chexvision_lib.training.loop import fit
 
 
 def test_demo_reaches_the_promised_auc(tmp_path: Path):
@@ -33,7 +34,7 @@ def test_demo_reaches_the_promised_auc(tmp_path: Path):
 
 def test_real_pediatric_from_scratch(tmp_path: Path):
     cache = prepare(realdata("pediatric"), tmp_path / "cache", size=128, seed=0, progress=False)
-    from chexvision_lib.cache import open_cache
+    from chexvision_lib.data.cache import open_cache
 
     table, _, _ = open_cache(cache)
     check_patient_disjoint(table)

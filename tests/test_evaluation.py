@@ -9,26 +9,25 @@ import pytest
 from conftest import realdata
 from sklearn.metrics import roc_auc_score
 
-from chexvision_lib.compare import compare_predictions, format_comparison
-from chexvision_lib.evaluate import (
+from chexvision_lib.core.labels import FINDINGS, OUTPUTS
+from chexvision_lib.core.predictions import label_column, predictions_frame, prob_column
+from chexvision_lib.data.prepare import prepare
+from chexvision_lib.evaluation.compare import compare_predictions, format_comparison
+from chexvision_lib.evaluation.evaluate import (
     evaluate_run,
-    label_column,
     metrics_from_predictions,
-    predictions_frame,
-    prob_column,
     subgroups_from_predictions,
 )
-from chexvision_lib.label_sets import (
+from chexvision_lib.evaluation.label_sets import (
     read_binary_labels,
     read_google_labels,
     score_against_binary,
     score_against_google,
 )
-from chexvision_lib.labels import FINDINGS, OUTPUTS
-from chexvision_lib.metrics import delong_test, holm_correction
-from chexvision_lib.prepare import prepare
-from chexvision_lib.report import gradcam_grid, localisation_report, write_figures
-from chexvision_lib.train import TrainConfig, fit
+from chexvision_lib.evaluation.metrics import delong_test, holm_correction
+from chexvision_lib.reporting.report import gradcam_grid, localisation_report, write_figures
+from chexvision_lib.training.config import TrainConfig
+from chexvision_lib.training.loop import fit
 
 
 def fake_predictions(n: int = 400, seed: int = 0, signal: float = 1.5) -> pd.DataFrame:

@@ -11,7 +11,8 @@ import torch
 from conftest import realdata
 from torch import Tensor, nn
 
-from chexvision_lib.explain import (
+from chexvision_lib.core.labels import FINDINGS
+from chexvision_lib.explain.gradcam import (
     ABNORMAL_INDEX,
     BBOX_COLUMNS,
     grad_cam,
@@ -22,8 +23,7 @@ from chexvision_lib.explain import (
     pointing_game,
     read_bbox_list,
 )
-from chexvision_lib.labels import FINDINGS
-from chexvision_lib.models import build_model
+from chexvision_lib.models.registry import build_model
 
 torch.set_num_threads(2)
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import realdata
 from PIL import Image
 
-from chexvision_lib.image_io import ImageDecodeError, load_grey, to_grey_uint8
+from chexvision_lib.data.image_io import ImageDecodeError, load_grey, to_grey_uint8
 
 GREY = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))
 

@@ -1,6 +1,6 @@
 import pytest
 
-from chexvision_lib.labels import FINDINGS, OUTPUTS, canonical_finding, parse_finding_labels
+from chexvision_lib.core.labels import FINDINGS, OUTPUTS, canonical_finding, parse_finding_labels
 
 
 def test_canonical_order_and_outputs():

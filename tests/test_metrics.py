@@ -1,4 +1,5 @@
-"""Tests of chexvision_lib.metrics against sklearn, scipy and slow direct implementations."""
+"""Tests of chexvision_lib.evaluation.metrics against sklearn, scipy and slow direct
+implementations."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 from scipy.stats import norm, rankdata
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
-from chexvision_lib import metrics
-from chexvision_lib.labels import UNKNOWN
+from chexvision_lib.core.labels import UNKNOWN
+from chexvision_lib.evaluation import metrics
 
 
 def tied_scores_and_labels(rng: np.random.Generator, n: int, decimals: int = 1):

@@ -1,4 +1,4 @@
-"""Tests for chexvision_lib.models: shapes, errors, SE-ResNet structure, local pretrained
+"""Tests for chexvision_lib.models.registry: shapes, errors, SE-ResNet structure, local pretrained
 weights, Hub round trip, parameter groups and the Grad-CAM layer. CPU, small inputs, no network.
 """
 
@@ -12,8 +12,8 @@ import safetensors.torch
 import torch
 import torchvision.models as tvm
 
-from chexvision_lib.labels import ABNORMAL, OUTPUTS
-from chexvision_lib.models import (
+from chexvision_lib.core.labels import ABNORMAL, OUTPUTS
+from chexvision_lib.models.registry import (
     MODEL_NAMES,
     ChestClassifier,
     SEBasicBlock,

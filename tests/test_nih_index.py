@@ -4,14 +4,15 @@ import pandas as pd
 import pytest
 from conftest import TINY_ROWS, realdata, write_tiny_nih
 
-from chexvision_lib.labels import ABNORMAL, FINDINGS
-from chexvision_lib.nih_index import (
+from chexvision_lib.core.hashing import file_sha256
+from chexvision_lib.core.labels import ABNORMAL, FINDINGS
+from chexvision_lib.data.nih_index import (
     DatasetLayoutError,
     assign_official_splits,
     build_nih_index,
     read_data_entry,
 )
-from chexvision_lib.splits import SplitLeakError, check_patient_disjoint, file_sha256
+from chexvision_lib.data.splits import SplitLeakError, check_patient_disjoint
 
 
 @pytest.mark.parametrize("variant", ["2017", "2020"])

@@ -13,10 +13,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import roc_curve
 
-from chexvision_lib import plots
-from chexvision_lib.evaluate import metrics_from_predictions, predictions_frame
-from chexvision_lib.labels import ABNORMAL, FINDINGS, OUTPUTS, UNKNOWN
-from chexvision_lib.references import REFERENCES
+from chexvision_lib.core.labels import ABNORMAL, FINDINGS, OUTPUTS, UNKNOWN
+from chexvision_lib.core.predictions import predictions_frame
+from chexvision_lib.evaluation.evaluate import metrics_from_predictions
+from chexvision_lib.evaluation.references import REFERENCES
+from chexvision_lib.reporting import plots
 
 N_IMAGES, N_PATIENTS = 300, 100
 TITLE_AUC = re.compile(r"AUC (\d\.\d{3}) \[(\d\.\d{3}), (\d\.\d{3})\]")

@@ -4,7 +4,6 @@ validation with fine-tuning on class folders made from a second synthetic set.
 The study is trained once per module; the tests read its files.
 """
 
-import argparse
 import json
 from pathlib import Path
 
@@ -15,17 +14,20 @@ import torch
 from conftest import REPO
 from PIL import Image
 
-from chexvision_lib import study as study_module
-from chexvision_lib.batches import CachedSplit
-from chexvision_lib.compare import compare_predictions
-from chexvision_lib.config import from_dict, to_dict
-from chexvision_lib.evaluate import DISCLAIMER, read_predictions
-from chexvision_lib.labels import ABNORMAL, OUTPUTS
-from chexvision_lib.metrics import choose_threshold
-from chexvision_lib.study import (
+from chexvision_lib.cli import study as study_cli
+from chexvision_lib.cli.main import build_parser
+from chexvision_lib.core.config import from_dict, to_dict
+from chexvision_lib.core.disclaimer import DISCLAIMER
+from chexvision_lib.core.labels import ABNORMAL, OUTPUTS
+from chexvision_lib.core.predictions import read_predictions
+from chexvision_lib.data.batches import CachedSplit
+from chexvision_lib.data.synthetic import write_synthetic_nih
+from chexvision_lib.evaluation.compare import compare_predictions
+from chexvision_lib.evaluation.metrics import choose_threshold
+from chexvision_lib.studies import study as study_module
+from chexvision_lib.studies.study import (
     PROB_COLUMNS,
     StudyConfig,
-    add_study_commands,
     external_validation,
     grid,
     load_study_config,
@@ -33,7 +35,6 @@ from chexvision_lib.study import (
     run_study,
     source_thresholds,
 )
-from chexvision_lib.synthetic import write_synthetic_nih
 
 ARCHS = ["seresnet_small", "resnet18"]
 SIZES = [32, 48]
@@ -222,8 +223,7 @@ def test_rerun_trains_nothing_and_an_interrupted_fold_resumes(tiny_study, monkey
     # Through the command line: `chexvision study CONFIG --quiet` on the finished study.
     config_file = Path(config.out).parent / "study.json"
     config_file.write_text(json.dumps(to_dict(config)))
-    parser = argparse.ArgumentParser()
-    add_study_commands(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(["study", str(config_file), "--quiet"])
     args.func(args)
     assert calls == []
@@ -360,10 +360,9 @@ def test_a_cell_is_external_validated_as_its_fold_ensemble(tiny_study):
 
 
 def test_external_command_is_registered(tmp_path: Path):
-    parser = argparse.ArgumentParser()
-    add_study_commands(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(
         ["external", "RUN", "ROOT", "--out", str(tmp_path), "--fine-tune-epochs", "2"]
     )
     assert (args.run, args.external_root, args.fine_tune_epochs) == ("RUN", "ROOT", 2)
-    assert args.func is study_module.cmd_external
+    assert args.func is study_cli.run_external

@@ -15,9 +15,9 @@ import pytest
 from conftest import realdata
 from PIL import Image
 
-from chexvision_lib import synthetic
-from chexvision_lib.labels import FINDINGS, NO_FINDING, canonical_finding, parse_finding_labels
-from chexvision_lib.synthetic import write_synthetic_nih
+from chexvision_lib.core.labels import FINDINGS, NO_FINDING, canonical_finding, parse_finding_labels
+from chexvision_lib.data import synthetic
+from chexvision_lib.data.synthetic import write_synthetic_nih
 
 DATA_ENTRY_COLUMNS = [
     "Image Index",

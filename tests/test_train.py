@@ -14,25 +14,21 @@ import torch
 from conftest import REPO
 from safetensors.torch import load_file
 
-from chexvision_lib.batches import BatchLoader, CachedSplit
-from chexvision_lib.cli import main as cli_main
-from chexvision_lib.config import from_dict
-from chexvision_lib.evaluate import evaluate_run, prob_column
-from chexvision_lib.labels import OUTPUTS
-from chexvision_lib.models import build_model
-from chexvision_lib.predict import predict_images
-from chexvision_lib.prepare import prepare
-from chexvision_lib.train import (
-    TrainConfig,
-    fit,
-    load_checkpoint,
-    load_model,
-    make_optimizer,
-    masked_bce,
-    positive_weights,
-    set_backbone_frozen,
-    train_one_epoch,
-)
+from chexvision_lib.cli.main import main as cli_main
+from chexvision_lib.core.config import from_dict
+from chexvision_lib.core.labels import OUTPUTS
+from chexvision_lib.core.predictions import prob_column
+from chexvision_lib.data.batches import BatchLoader, CachedSplit
+from chexvision_lib.data.prepare import prepare
+from chexvision_lib.evaluation.evaluate import evaluate_run
+from chexvision_lib.models.loading import load_model
+from chexvision_lib.models.predict import predict_images
+from chexvision_lib.models.registry import build_model
+from chexvision_lib.training.checkpoints import load_checkpoint
+from chexvision_lib.training.config import TrainConfig
+from chexvision_lib.training.loop import fit, train_one_epoch
+from chexvision_lib.training.losses import masked_bce, positive_weights
+from chexvision_lib.training.optimisation import make_optimizer, set_backbone_frozen
 
 TIMING_COLUMNS = ["seconds", "images_per_s"]
 
@@ -122,7 +118,7 @@ def test_killed_run_resumes_to_the_same_weights_and_history(cache: Path, tmp_pat
     killed = tmp_path / "killed"
     config = small_config(cache, killed)
     code = (
-        "import sys, json; from chexvision_lib.train import fit, TrainConfig; "
+        "import sys, json; from chexvision_lib import fit, TrainConfig; "
         f"fit(TrainConfig(**json.loads({json.dumps(json.dumps(config.__dict__))})), "
         "show_progress=False)"
     )
@@ -133,7 +129,7 @@ def test_killed_run_resumes_to_the_same_weights_and_history(cache: Path, tmp_pat
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert load_checkpoint(checkpoint)["state"]["epoch"] < 3, "killed before the end"
+    assert load_checkpoint(checkpoint)["state"]["progress"]["epoch"] < 3, "killed before the end"
     fit(config, resume=True, show_progress=False)
     a = pd.read_csv(reference / "history.csv").drop(columns=TIMING_COLUMNS)
     b = pd.read_csv(killed / "history.csv").drop(columns=TIMING_COLUMNS)

@@ -1,0 +1,223 @@
+"""Evaluation: score a split with the shipped model -> predictions.csv -> metrics.json.
+
+Everything in metrics.json is computed from predictions.csv alone (`metrics_from_predictions`), so
+any figure can be recomputed, compared or re-bootstrapped without the model or the images. The
+thresholds are those chosen on validation and stored in the model's config.json — never tuned on
+the split being reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chexvision_lib.core.atomic_files import write_json_atomic
+from chexvision_lib.core.disclaimer import DISCLAIMER
+from chexvision_lib.core.hashing import file_sha256
+from chexvision_lib.core.labels import ABNORMAL, FINDINGS, OUTPUTS
+from chexvision_lib.core.predictions import label_column, predictions_frame, prob_column
+from chexvision_lib.data.batches import BatchLoader, CachedSplit
+from chexvision_lib.evaluation.metrics import (
+    age_band,
+    binary_metrics,
+    bootstrap_auc,
+    per_class_auc,
+    subgroup_table,
+)
+from chexvision_lib.models.loading import load_model
+from chexvision_lib.models.predict import predict_loader
+from chexvision_lib.models.registry import WEIGHTS_FILE
+from chexvision_lib.runtime.devices import autocast_dtype, resolve_device
+
+
+def _clean(value: object) -> object:
+    """JSON-safe: NaN -> None, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def metrics_from_predictions(
+    frame: pd.DataFrame,
+    thresholds: list[float | None],
+    *,
+    split: str,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """AUCs with patient-bootstrap 95% CIs, and operating-point metrics at the stored thresholds
+    and at 0.5, for each of the 15 outputs that has labels and probabilities."""
+    probs = frame[[prob_column(n) for n in OUTPUTS]].to_numpy(dtype=np.float64)
+    labels = frame[[label_column(n) for n in OUTPUTS]].to_numpy(dtype=np.float64)
+    usable = [
+        i
+        for i in range(len(OUTPUTS))
+        if not np.isnan(probs[:, i]).all() and (labels[:, i] >= 0).any()
+    ]
+    # Findings are bootstrapped together so the macro AUC's CI comes from the same resamples;
+    # the abnormal output separately (it is not part of the macro average).
+    lower, upper = np.full(len(OUTPUTS), np.nan), np.full(len(OUTPUTS), np.nan)
+    macro_ci = None
+    patients = frame["patient"].to_numpy()
+    for group in ([i for i in usable if i < len(FINDINGS)], [i for i in usable if i == 14]):
+        if not group:
+            continue
+        ci = bootstrap_auc(
+            labels[:, group], probs[:, group], patients, n_resamples=n_resamples, seed=seed
+        )
+        lower[group], upper[group] = ci["lower"], ci["upper"]
+        if group[0] < len(FINDINGS) and len(group) == len(FINDINGS):
+            macro_ci = [float(ci["macro_lower"]), float(ci["macro_upper"])]
+    aucs = per_class_auc(labels, probs)
+    outputs: dict[str, dict] = {}
+    for i in usable:
+        name = OUTPUTS[i]
+        known = labels[:, i] >= 0
+        y, p = labels[known, i], probs[known, i]
+        entry = {
+            "auc": float(aucs[i]),
+            "auc_ci95": [float(lower[i]), float(upper[i])],
+            "n": int(known.sum()),
+            "positives": int(y.sum()),
+            "at_0.5": binary_metrics(y, p, 0.5),
+        }
+        if thresholds[i] is not None:
+            entry["at_validation_threshold"] = binary_metrics(y, p, float(thresholds[i]))
+        outputs[name] = entry
+    finding_aucs = [outputs[f]["auc"] for f in FINDINGS if f in outputs]
+    result = {
+        "split": split,
+        "n_images": len(frame),
+        "n_patients": int(frame["patient"].nunique()),
+        "macro_auc": float(np.nanmean(finding_aucs)) if finding_aucs else None,
+        "binary_auc": outputs.get(ABNORMAL, {}).get("auc"),
+        "bootstrap": {
+            "unit": "patient",
+            "n_resamples": n_resamples,
+            "seed": seed,
+            "confidence": 0.95,
+        },
+        "outputs": outputs,
+        "thresholds": dict(zip(OUTPUTS, thresholds, strict=True)),
+        "disclaimer": DISCLAIMER,
+    }
+    if macro_ci is not None:
+        result["macro_auc_ci95"] = macro_ci
+    if ABNORMAL in outputs:
+        result["binary"] = outputs[ABNORMAL].get(
+            "at_validation_threshold", outputs[ABNORMAL]["at_0.5"]
+        )
+    return _clean(result)
+
+
+SUBGROUP_COLUMNS = ("sex", "age_band", "view")
+
+
+def subgroups_from_predictions(frame: pd.DataFrame) -> pd.DataFrame:
+    """AUC per subgroup (sex, age band, view position) per output, with counts.
+
+    Long format: group_column, value, output, n_images, n_positive, auc. Outputs without labels
+    (findings of a binary dataset) are left out; groups with one class get a NaN AUC.
+    """
+    frame = frame.assign(age_band=age_band(frame["age"].to_numpy(dtype=float)))
+    usable = [
+        n
+        for n in OUTPUTS
+        if (frame[label_column(n)] >= 0).any() and frame[prob_column(n)].notna().any()
+    ]
+    tables = []
+    for column in SUBGROUP_COLUMNS:
+        if frame[column].astype(object).fillna("").astype(str).str.len().eq(0).all():
+            continue  # e.g. external datasets without sex/view
+        table = subgroup_table(
+            frame, column, [label_column(n) for n in usable], [prob_column(n) for n in usable]
+        )
+        table = table.rename(columns={column: "value"})
+        table.insert(0, "group_column", column)
+        table["output"] = table["output"].str.removeprefix("label_")
+        tables.append(table)
+    columns = ["group_column", "value", "output", "n_images", "n_positive", "auc"]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str = "test",
+    *,
+    cache: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    n_resamples: int = 2000,
+    show_progress: bool = True,
+) -> dict:
+    """Score `split` of the run's cache (or another cache) with the run's shipped model.
+
+    Writes RUN/<split>/predictions.csv, metrics.json and subgroups.csv (for another cache:
+    RUN/external_<cache folder name>_<split>/); returns the metrics, with "folder" set.
+    """
+    run = Path(run_dir)
+    config_path = run / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{run} is not a run folder (no config.json)")
+    config = json.loads(config_path.read_text())
+    torch_device = resolve_device(device)
+    model = load_model(run, device=torch_device)
+    if cache is None:  # the run's own data, with its cross-validation fold if it had one
+        folds = {k: config.get(k, 0) for k in ("folds", "fold", "seed")}
+        data = CachedSplit(config["cache"]["path"], split, **folds)
+    else:
+        data = CachedSplit(cache, split)
+    loader = BatchLoader(data, batch_size, torch_device, shuffle=False)
+    probs, labels = predict_loader(
+        model,
+        loader,
+        model.preprocessing,
+        autocast_dtype("auto", torch_device),
+        channels_last=torch_device.type == "cuda",
+        desc=f"evaluate {split}",
+        show_progress=show_progress,
+    )
+    frame = predictions_frame(data.metadata(), probs, labels)
+    # Another cache (external validation) must not overwrite the run's own results.
+    out = run / (split if cache is None else f"external_{Path(cache).name}_{split}")
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "predictions.csv", index=False)
+    subgroups_from_predictions(frame).to_csv(out / "subgroups.csv", index=False)
+    metrics = metrics_from_predictions(
+        frame, model.thresholds, split=split, n_resamples=n_resamples
+    )
+    model_config = json.loads((run / "model" / "config.json").read_text())
+    # Which checkpoint produced these numbers: a model card may only quote metrics whose
+    # weights hash matches the weights it ships.
+    metrics["model"] = {
+        "arch": model.arch,
+        "run": str(run),
+        "best_epoch": model_config.get("best_epoch"),
+        "weights_sha256": file_sha256(run / "model" / WEIGHTS_FILE),
+    }
+    metrics["data_source"] = config.get("data_source", {}).get("kind")
+    write_json_atomic(out / "metrics.json", metrics)
+    return {**metrics, "folder": str(out)}
+
+
+def summary_line(metrics: dict) -> str:
+    parts = [f"{metrics['split']}: {metrics['n_images']} images / {metrics['n_patients']} patients"]
+    if metrics.get("macro_auc") is not None:
+        ci = metrics.get("macro_auc_ci95")
+        parts.append(
+            f"macro AUC {metrics['macro_auc']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+        )
+    if metrics.get("binary_auc") is not None:
+        ci = metrics["outputs"][ABNORMAL]["auc_ci95"]
+        parts.append(f"binary AUC {metrics['binary_auc']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]")
+    return ", ".join(parts)

@@ -1,0 +1,712 @@
+"""Model architectures: one registry of backbones, each feeding the same two heads.
+
+Every model maps a normalised image batch (B, in_chans, H, W) to logits:
+- the "dual" head gives (B, 15): the 14 findings then "Abnormal", in `labels.OUTPUTS` order;
+- the "binary" head gives (B, 1): "Abnormal" only (Tang et al. 2020's normal-vs-abnormal task).
+
+The backbone turns the image into a feature map; the heads are global average pooling, dropout
+and one linear layer per head. `ChestClassifier` is a Hugging Face `PyTorchModelHubMixin`, so
+`save_pretrained(folder)` writes model.safetensors + config.json (constructor arguments plus the
+preprocessing spec) and `ChestClassifier.from_pretrained(folder)` rebuilds and loads it, strictly
+and without unpickling anything.
+
+ImageNet weights are used only when asked for and only from local files: nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+import torchvision.models as tvm
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from torch import Tensor, nn
+from torchvision.models import WeightsEnum
+
+from chexvision_lib.core.labels import ABNORMAL, OUTPUTS
+
+HEADS: tuple[str, ...] = ("dual", "binary")
+INPUT_CHANNELS: tuple[int, ...] = (1, 3)
+
+# --------------------------------------------------------------------------------------------
+# Input normalisation: the one place these numbers live. Values are per channel, for pixel
+# intensities already scaled to [0, 1]; `preprocessing` reports them and config.json keeps them.
+# --------------------------------------------------------------------------------------------
+_NORMALISATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    # torchvision's ImageNet weights were trained on inputs normalised with these statistics.
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # torchvision's Inception-v3 weights were ported from TensorFlow and expect (x - 0.5) / 0.5:
+    # torchvision re-normalises inside the model (transform_input=True) when it loads them; we
+    # build with transform_input=False and ask for that normalisation up front instead.
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    # Scratch networks have no statistics to inherit. 0.5 / 0.25 are round numbers close to
+    # ChestX-ray14's own (mean 0.506, std 0.252 over the 103 real images in shared/realdata at
+    # 256 px); fixed rather than measured so a saved model never depends on which subset was
+    # prepared. They map [0, 1] to [-2, 2].
+    "scratch": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+}
+
+
+def _normalisation(family: str, in_chans: int) -> tuple[list[float], list[float]]:
+    """Return (mean, std) lists of length `in_chans` for a normalisation family.
+
+    One grey channel gets the average of the three RGB values: with the first convolution's
+    weights summed over RGB (see `_sum_rgb_weights`), a grey image normalised this way gives
+    nearly the response the three-channel network gives to that image replicated to RGB.
+    """
+    mean, std = _NORMALISATION[family]
+    if in_chans == 1:
+        return [round(sum(mean) / 3, 6)], [round(sum(std) / 3, 6)]
+    return list(mean), list(std)
+
+
+# --------------------------------------------------------------------------------------------
+# SE-ResNet: the CheXVision scratch network.
+# --------------------------------------------------------------------------------------------
+SE_REDUCTION = 16
+# Floor on the squeeze width so seresnet_small's 16-channel stage is not squeezed to 1 unit;
+# seresnet (narrowest stage 64 channels -> 4 units) is unaffected.
+SE_MIN_HIDDEN = 4
+SERESNET_DEPTHS: tuple[int, int, int, int] = (3, 4, 6, 3)
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel attention (Hu et al. 2018): pool -> FC reduce -> ReLU -> FC -> sigmoid -> scale."""
+
+    def __init__(self, channels: int, reduction: int = SE_REDUCTION) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, SE_MIN_HIDDEN)
+        self.reduce = nn.Linear(channels, hidden)
+        self.expand = nn.Linear(hidden, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        squeezed = x.mean(dim=(2, 3))
+        channel_weights = torch.sigmoid(self.expand(torch.relu(self.reduce(squeezed))))
+        return x * channel_weights[:, :, None, None]
+
+
+class SEBasicBlock(nn.Module):
+    """ResNet basic block (3x3, 3x3) whose residual branch is rescaled by squeeze-excitation."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.se = SqueezeExcitation(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Out-of-place ReLUs: Grad-CAM hooks on a block's output must see an unmodified tensor.
+        residual = torch.relu(self.bn1(self.conv1(x)))
+        residual = self.se(self.bn2(self.conv2(residual)))
+        return torch.relu(residual + self.shortcut(x))
+
+
+class SEResNet(nn.Module):
+    """ResNet-34-shaped network with SE in every block; `base_width` scales all stages."""
+
+    def __init__(
+        self, in_chans: int, base_width: int, depths: tuple[int, ...] = SERESNET_DEPTHS
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, base_width, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(base_width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        widths = [base_width * 2**stage for stage in range(len(depths))]
+        in_channels = base_width
+        for stage, (width, depth) in enumerate(zip(widths, depths, strict=True)):
+            stride = 1 if stage == 0 else 2
+            blocks = [SEBasicBlock(in_channels, width, stride)]
+            blocks += [SEBasicBlock(width, width, 1) for _ in range(depth - 1)]
+            self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
+            in_channels = width
+        self.stages = [getattr(self, f"layer{i + 1}") for i in range(len(depths))]
+        self.num_features = in_channels
+        self._initialise_weights()
+
+    def _initialise_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        # Each residual branch starts at zero, so every block starts as the identity (Goyal et al.
+        # 2017): deep networks trained from scratch then begin as shallow ones and train stably.
+        for module in self.modules():
+            if isinstance(module, SEBasicBlock):
+                nn.init.zeros_(module.bn2.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision backbones, cut before their pooling/classifier. Module names are kept exactly as
+# torchvision names them, so a torchvision state_dict maps onto `backbone` key for key.
+# --------------------------------------------------------------------------------------------
+def _resnet_backbone(builder: Callable[..., tvm.ResNet]) -> nn.Module:
+    net = builder(weights=None)
+    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    return nn.Sequential(OrderedDict((name, getattr(net, name)) for name in names))
+
+
+def _densenet121_backbone() -> nn.Module:
+    net = tvm.densenet121(weights=None)
+    # torchvision applies ReLU after norm5 in forward(); ours is a module (out of place) so it
+    # is also the Grad-CAM target whose output is exactly what the heads pool.
+    return nn.Sequential(OrderedDict(features=net.features, final_relu=nn.ReLU()))
+
+
+def _vgg_backbone(config_key: str) -> nn.Module:
+    # Only the convolutional part: building torchvision's whole VGG would also initialise its
+    # 120M-parameter fully connected classifier, which our heads replace (seconds per build).
+    features = tvm.vgg.make_layers(tvm.vgg.cfgs[config_key], batch_norm=False)
+    for module in features.modules():
+        if isinstance(module, nn.Conv2d):  # torchvision's VGG initialisation
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    return nn.Sequential(OrderedDict(features=features))
+
+
+def _alexnet_backbone() -> nn.Module:
+    return nn.Sequential(OrderedDict(features=tvm.alexnet(weights=None).features))
+
+
+_INCEPTION_FEATURE_MODULES = (
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+    "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
+)  # fmt: skip
+
+
+def _inception_v3_backbone() -> nn.Module:
+    net = tvm.inception_v3(weights=None, aux_logits=False, transform_input=False, init_weights=True)
+    return nn.Sequential(OrderedDict((n, getattr(net, n)) for n in _INCEPTION_FEATURE_MODULES))
+
+
+# --------------------------------------------------------------------------------------------
+# The registry.
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Architecture:
+    """What build_model needs to know about one architecture."""
+
+    build_backbone: Callable[[int], nn.Module]  # in_chans -> module giving (B, C, h, w)
+    num_features: int  # C
+    # Smallest accepted image_size: the larger of the smallest input the network runs on
+    # (measured) and 32 px, the total stride of the five stride-2 stages, below which the
+    # deeper stages only ever see one spatial position.
+    min_image_size: int
+    normalisation: str  # key of _NORMALISATION
+    # Dotted name in the backbone of the module whose output is the feature map the heads pool
+    # (and whose output nothing modifies in place, so Grad-CAM hooks see it intact).
+    cam_layer: str
+    first_conv: str  # dotted name in the backbone of the convolution that sees the image
+    imagenet_weights: WeightsEnum | None = None  # None: scratch-only, no pretrained weights
+    # torchvision state_dict keys that our backbone does not have (classifiers replaced by ours).
+    dropped_key_prefixes: tuple[str, ...] = ()
+
+
+def _torchvision(build: Callable[[], nn.Module], first_conv: str) -> Callable[[int], nn.Module]:
+    """Wrap a three-channel torchvision builder so it yields a backbone for `in_chans`."""
+
+    def build_backbone(in_chans: int) -> nn.Module:
+        backbone = build()
+        if in_chans == 1:
+            _make_first_conv_grey(backbone, first_conv)
+        return backbone
+
+    return build_backbone
+
+
+def _seresnet(base_width: int) -> Callable[[int], nn.Module]:
+    return lambda in_chans: SEResNet(in_chans, base_width)
+
+
+_ARCHITECTURES: dict[str, _Architecture] = {
+    "seresnet": _Architecture(
+        build_backbone=_seresnet(64),
+        num_features=512,
+        min_image_size=32,
+        normalisation="scratch",
+        cam_layer="layer4",
+        first_conv="stem.0",
+    ),
+    "seresnet_small": _Architecture(
+        build_backbone=_seresnet(16),
+        num_features=128,
+        min_image_size=32,
+        normalisation="scratch",
+        cam_layer="layer4",
+        first_conv="stem.0",
+    ),
+    "densenet121": _Architecture(
+        build_backbone=_torchvision(_densenet121_backbone, "features.conv0"),
+        num_features=1024,
+        min_image_size=32,
+        normalisation="imagenet",
+        cam_layer="final_relu",
+        first_conv="features.conv0",
+        imagenet_weights=tvm.DenseNet121_Weights.IMAGENET1K_V1,
+        dropped_key_prefixes=("classifier.",),
+    ),
+    "resnet18": _Architecture(
+        build_backbone=_torchvision(lambda: _resnet_backbone(tvm.resnet18), "conv1"),
+        num_features=512,
+        min_image_size=32,
+        normalisation="imagenet",
+        cam_layer="layer4",
+        first_conv="conv1",
+        imagenet_weights=tvm.ResNet18_Weights.IMAGENET1K_V1,
+        dropped_key_prefixes=("fc.",),
+    ),
+    "resnet50": _Architecture(
+        build_backbone=_torchvision(lambda: _resnet_backbone(tvm.resnet50), "conv1"),
+        num_features=2048,
+        min_image_size=32,
+        normalisation="imagenet",
+        cam_layer="layer4",
+        first_conv="conv1",
+        imagenet_weights=tvm.ResNet50_Weights.IMAGENET1K_V1,
+        dropped_key_prefixes=("fc.",),
+    ),
+    "vgg16": _Architecture(
+        build_backbone=_torchvision(lambda: _vgg_backbone("D"), "features.0"),
+        num_features=512,
+        min_image_size=32,
+        normalisation="imagenet",
+        cam_layer="features.30",  # the last MaxPool
+        first_conv="features.0",
+        imagenet_weights=tvm.VGG16_Weights.IMAGENET1K_V1,
+        dropped_key_prefixes=("classifier.",),
+    ),
+    "vgg19": _Architecture(
+        build_backbone=_torchvision(lambda: _vgg_backbone("E"), "features.0"),
+        num_features=512,
+        min_image_size=32,
+        normalisation="imagenet",
+        cam_layer="features.36",  # the last MaxPool
+        first_conv="features.0",
+        imagenet_weights=tvm.VGG19_Weights.IMAGENET1K_V1,
+        dropped_key_prefixes=("classifier.",),
+    ),
+    "alexnet": _Architecture(
+        build_backbone=_torchvision(_alexnet_backbone, "features.0"),
+        num_features=256,
+        min_image_size=63,
+        normalisation="imagenet",
+        cam_layer="features.12",  # the last MaxPool
+        first_conv="features.0",
+        imagenet_weights=tvm.AlexNet_Weights.IMAGENET1K_V1,
+        dropped_key_prefixes=("classifier.",),
+    ),
+    "inception_v3": _Architecture(
+        build_backbone=_torchvision(_inception_v3_backbone, "Conv2d_1a_3x3.conv"),
+        num_features=2048,
+        min_image_size=75,  # its natural size is 299 px
+        normalisation="inception",
+        cam_layer="Mixed_7c",
+        first_conv="Conv2d_1a_3x3.conv",
+        imagenet_weights=tvm.Inception_V3_Weights.IMAGENET1K_V1,
+        dropped_key_prefixes=("fc.", "AuxLogits."),
+    ),
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_ARCHITECTURES)
+
+
+def _architecture(arch: str) -> _Architecture:
+    if arch not in _ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(MODEL_NAMES)}")
+    return _ARCHITECTURES[arch]
+
+
+def min_image_size(arch: str) -> int:
+    """Smallest `image_size` that `arch` accepts."""
+    return _architecture(arch).min_image_size
+
+
+# --------------------------------------------------------------------------------------------
+# One-channel input.
+# --------------------------------------------------------------------------------------------
+def _sum_rgb_weights(weight: Tensor) -> Tensor:
+    """(out, 3, k, k) -> (out, 1, k, k): what the filters compute on a grey image copied to RGB.
+
+    This is timm's conversion of ImageNet first-layer weights to one input channel; the model
+    then reads one channel instead of three identical ones (a third of the input memory).
+    """
+    return weight.sum(dim=1, keepdim=True)
+
+
+def _make_first_conv_grey(backbone: nn.Module, first_conv: str) -> None:
+    """Replace the image-facing convolution by a one-channel one with RGB-summed weights.
+
+    Summing the (random) three-channel initialisation keeps randomly initialised and ImageNet
+    initialised models on the same footing: either way, the grey network computes what the
+    three-channel network computes on the grey image replicated to RGB.
+    """
+    old: nn.Conv2d = backbone.get_submodule(first_conv)
+    new = nn.Conv2d(
+        1,
+        old.out_channels,
+        old.kernel_size,
+        old.stride,
+        old.padding,
+        old.dilation,
+        old.groups,
+        bias=old.bias is not None,
+    )
+    with torch.no_grad():
+        new.weight.copy_(_sum_rgb_weights(old.weight))
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    parent_name, _, child_name = first_conv.rpartition(".")
+    setattr(backbone.get_submodule(parent_name), child_name, new)
+
+
+# --------------------------------------------------------------------------------------------
+# The model.
+# --------------------------------------------------------------------------------------------
+def _validate_arguments(
+    arch: str, image_size: int, in_chans: int, head: str, dropout: float
+) -> None:
+    spec = _architecture(arch)
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
+    if in_chans not in INPUT_CHANNELS:
+        raise ValueError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}")
+    if not isinstance(image_size, int) or image_size < spec.min_image_size:
+        raise ValueError(
+            f"image_size must be an integer >= {spec.min_image_size} for arch {arch!r}, "
+            f"got {image_size!r}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
+WEIGHTS_FILE = "model.safetensors"  # the one weights file a model folder holds
+
+
+class ChestClassifier(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="chexvision",
+    license="mit",
+    pipeline_tag="image-classification",
+    tags=["chest-x-ray", "medical-imaging", "chestx-ray14"],
+):
+    """A backbone from the registry plus the dual (14 findings + abnormal) or binary head.
+
+    The constructor arguments are plain JSON values: the Hub mixin records them, so
+    `from_pretrained(folder)` rebuilds the same architecture from config.json.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        image_size: int = 256,
+        in_chans: int = 1,
+        head: str = "dual",
+        dropout: float = 0.0,
+        thresholds: list[float | None] | None = None,
+    ) -> None:
+        super().__init__()
+        _validate_arguments(arch, image_size, in_chans, head, dropout)
+        spec = _architecture(arch)
+        self.arch, self.image_size, self.in_chans, self.head = arch, image_size, in_chans, head
+        self.dropout = dropout
+        # Decision thresholds per labels.OUTPUTS entry, chosen on validation after training
+        # (None until then, or where an output had no usable labels). A constructor argument so
+        # that they travel inside config.json and come back with from_pretrained.
+        self.thresholds = list(thresholds) if thresholds is not None else None
+        self.backbone = spec.build_backbone(in_chans)
+        self.num_features = spec.num_features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head_dropout = nn.Dropout(dropout)
+        self.findings_head = (
+            nn.Linear(self.num_features, len(OUTPUTS) - 1) if head == "dual" else None
+        )
+        self.abnormal_head = nn.Linear(self.num_features, 1)
+
+    @property
+    def build_config(self) -> dict[str, Any]:
+        """The constructor arguments, exactly: enough to rebuild this model with its thresholds."""
+        if self.thresholds is not None and len(self.thresholds) != len(OUTPUTS):
+            raise ValueError(
+                f"thresholds: expected {len(OUTPUTS)} values (labels.OUTPUTS order), "
+                f"got {len(self.thresholds)}"
+            )
+        return {
+            "arch": self.arch,
+            "image_size": self.image_size,
+            "in_chans": self.in_chans,
+            "head": self.head,
+            "dropout": self.dropout,
+            "thresholds": self.thresholds,
+        }
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Names of the logits, in column order."""
+        return OUTPUTS if self.head == "dual" else (ABNORMAL,)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """How images must be prepared for this model: size, channels, normalisation, outputs.
+
+        Normalisation follows the architecture, not whether ImageNet weights were loaded: a
+        torchvision backbone always uses its ImageNet statistics, so from-scratch and
+        ImageNet-initialised runs of one architecture share one input pipeline.
+        """
+        mean, std = _normalisation(_architecture(self.arch).normalisation, self.in_chans)
+        return {
+            "image_size": self.image_size,
+            "in_chans": self.in_chans,
+            "mean": mean,
+            "std": std,
+            "outputs": list(self.output_names),
+        }
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected input of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}"
+            )
+        pooled = self.head_dropout(torch.flatten(self.pool(self.backbone(x)), 1))
+        abnormal = self.abnormal_head(pooled)
+        if self.findings_head is None:
+            return abnormal
+        return torch.cat([self.findings_head(pooled), abnormal], dim=1)
+
+    def cam_layer(self) -> nn.Module:
+        """The module whose output is the last feature map (B, C, h, w): Grad-CAM's target."""
+        return self.backbone.get_submodule(_architecture(self.arch).cam_layer)
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return list(self.backbone.parameters())
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        return [p for p in self.parameters() if id(p) not in backbone_ids]
+
+    # --- Hugging Face Hub mixin -------------------------------------------------------------
+    def save_pretrained(
+        self, save_directory: str | Path, *, config: dict | None = None, **kwargs: Any
+    ) -> str | None:
+        """Write model.safetensors, config.json and a README model card to `save_directory`.
+
+        config.json holds the constructor arguments and `preprocessing`; keys in `config` (for
+        example decision thresholds) are added, but cannot override those two.
+        """
+        full_config = {**(config or {}), **self.build_config, "preprocessing": self.preprocessing}
+        return super().save_pretrained(save_directory, config=full_config, **kwargs)
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        map_location: str = "cpu",
+        strict: bool = True,
+        **model_kwargs: Any,
+    ) -> ChestClassifier:
+        """Rebuild from config.json, then load model.safetensors — and only that file.
+
+        Replaces the mixin's loader, which defaults to strict=False (silently keeping random
+        weights for missing keys), falls back to pickled pytorch_model.bin, and prints to stdout
+        (which would corrupt `chexvision predict --json`).
+        """
+        model = cls(**model_kwargs)
+        if Path(model_id).is_dir():
+            weights = Path(model_id) / WEIGHTS_FILE
+            if not weights.is_file():
+                raise FileNotFoundError(
+                    f"{model_id}: no model.safetensors (pickled checkpoints are not loaded)"
+                )
+        else:
+            weights = Path(
+                hf_hub_download(
+                    repo_id=model_id,
+                    filename=WEIGHTS_FILE,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    force_download=force_download,
+                    token=token,
+                    local_files_only=local_files_only,
+                )
+            )
+        missing, unexpected = safetensors.torch.load_model(
+            model, weights, strict=False, device=str(map_location)
+        )
+        if strict and (missing or unexpected):
+            raise RuntimeError(
+                f"{weights}: weights do not match the architecture in config.json "
+                f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
+            )
+        return model.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Pretrained backbones from local torchvision files.
+# --------------------------------------------------------------------------------------------
+WEIGHT_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".safetensors")
+
+
+def find_pretrained_weights(arch: str, pretrained: str | Path) -> Path:
+    """Locate a local torchvision state_dict for `arch`; never downloads.
+
+    `pretrained` is "imagenet" (torchvision's IMAGENET1K_V1 file in the torch hub cache, where
+    torchvision itself would have saved it) or a path to a .pth/.pt/.safetensors file.
+    """
+    spec = _architecture(arch)
+    if spec.imagenet_weights is None:
+        raise ValueError(
+            f"arch {arch!r} is trained from scratch and has no pretrained weights; "
+            "use pretrained=None"
+        )
+    if str(pretrained) == "imagenet":
+        return _imagenet_weights_in_hub_cache(arch, spec.imagenet_weights)
+    path = Path(pretrained).expanduser()
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise ValueError(
+            f"pretrained must be 'imagenet' or a path ending in {', '.join(WEIGHT_SUFFIXES)}; "
+            f"got {str(pretrained)!r}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights file for {arch!r} not found: {path}")
+    return path
+
+
+def _imagenet_weights_in_hub_cache(arch: str, weights: WeightsEnum) -> Path:
+    filename = weights.url.rsplit("/", 1)[-1]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ImageNet weights for {arch!r} not found: looked for {path} (the torch hub cache, "
+            f"torch.hub.get_dir(); set TORCH_HOME to move it). Nothing is downloaded. Either put "
+            f"torchvision's file {filename} (from {weights.url}) there, or pass "
+            f"pretrained=<path to a .pth/.pt/.safetensors torchvision state_dict of {arch}>."
+        )
+    return path
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            return safetensors.torch.load_file(str(path), device="cpu")
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of any file
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # weights_only refused a pickled object
+        # torch's message suggests weights_only=False, the one thing never to do here.
+        reason = next(
+            (line.strip() for line in str(error).splitlines() if "Unsupported" in line),
+            "it holds Python objects, not only tensors",
+        )
+        raise ValueError(
+            f"{path}: refused to unpickle ({reason}); pass a safetensors file or a plain "
+            "state_dict of tensors"
+        ) from None
+    except safetensors.SafetensorError as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a torchvision state_dict (names -> tensors)")
+    return state
+
+
+# Old torchvision DenseNet checkpoints name layers 'norm.1', 'conv.2', ...; modules can no
+# longer have dots in their names, so torchvision's own loader renames them to 'norm1', 'conv2'.
+_LEGACY_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def _torchvision_to_backbone_state(
+    spec: _Architecture, state: dict[str, Tensor], in_chans: int
+) -> dict[str, Tensor]:
+    """Rename legacy keys, drop the classifier keys and convert the first conv to grey."""
+    converted: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(spec.dropped_key_prefixes):
+            continue
+        legacy = _LEGACY_DENSENET_KEY.match(key)
+        converted[legacy.group(1) + legacy.group(2) if legacy else key] = value
+    first_conv_key = f"{spec.first_conv}.weight"
+    first_conv = converted.get(first_conv_key)
+    if in_chans == 1 and first_conv is not None and first_conv.shape[1] == 3:
+        converted[first_conv_key] = _sum_rgb_weights(first_conv)
+    return converted
+
+
+def load_backbone_weights(model: ChestClassifier, path: str | Path) -> None:
+    """Load a torchvision state_dict of `model.arch` into `model.backbone`: all of it, or fail.
+
+    Every backbone parameter and buffer must come from the file (BatchNorm's num_batches_tracked
+    may be absent: old torchvision files predate it), and every file key other than the
+    replaced classifier must be used: a partial load is an error, never a silent fallback.
+    """
+    path = Path(path)
+    spec = _architecture(model.arch)
+    state = _torchvision_to_backbone_state(spec, _read_state_dict(path), model.in_chans)
+    expected = set(model.backbone.state_dict())
+    missing = sorted(k for k in expected - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match the {model.arch} backbone: "
+            f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
+            f"{unexpected[:5]} (expected a torchvision {model.arch} state_dict)"
+        )
+    try:
+        model.backbone.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches, e.g. a resnet34 file for resnet18
+        raise ValueError(f"{path} does not fit the {model.arch} backbone: {error}") from error
+
+
+def build_model(
+    arch: str,
+    *,
+    image_size: int = 256,
+    in_chans: int = 1,
+    head: str = "dual",
+    dropout: float = 0.0,
+    pretrained: str | Path | None = None,
+) -> ChestClassifier:
+    """Build a registered architecture, optionally starting from local pretrained weights.
+
+    `pretrained`: None (random initialisation), "imagenet" (torchvision's file in the torch hub
+    cache) or a path to a torchvision state_dict (.pth, .pt or .safetensors). The heads are always
+    new. Raises FileNotFoundError, saying where it looked, when the weights are not on disk.
+    """
+    weights_path = find_pretrained_weights(arch, pretrained) if pretrained is not None else None
+    model = ChestClassifier(arch, image_size, in_chans, head, dropout)
+    if weights_path is not None:
+        load_backbone_weights(model, weights_path)
+    return model

@@ -1,0 +1,186 @@
+"""The evaluation report of a run: figures, a Grad-CAM grid and localisation scores.
+
+Reads only what earlier steps wrote (RUN/history.csv, RUN/<split>/predictions.csv and
+metrics.json, the model folder, the cache) and writes PNGs and CSVs under RUN/<split>/, so it can
+be re-run alone and every figure can be regenerated from files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image
+
+from chexvision_lib.core.labels import ABNORMAL, FINDINGS, OUTPUTS
+from chexvision_lib.core.predictions import read_predictions
+from chexvision_lib.data.batches import CachedSplit
+from chexvision_lib.explain.gradcam import (
+    grad_cam,
+    localisation_scores,
+    normalised_inputs,
+    overlay,
+    read_bbox_list,
+)
+from chexvision_lib.models.loading import load_model
+from chexvision_lib.reporting import plots
+
+BBOX_NAMES = ("BBox_List_2017.csv", "BBox_List_2017.csv.gz")
+
+
+def split_label(metrics: dict, run_config: dict) -> str:
+    """How figures name the split: "official" only when the data really is NIH's release."""
+    source = run_config.get("data_source", {})
+    synthetic = (Path(source.get("root", "")) / "synthetic_nih.json").exists()
+    if synthetic:
+        return f"synthetic NIH-layout data, {metrics['split']} split"
+    if source.get("kind") in ("nih", "hub_parquet") and metrics["split"] == "test":
+        return "official test split (test_list.txt)"
+    return f"{metrics['split']} split"
+
+
+def _load(run: Path, split: str) -> tuple[pd.DataFrame, dict, dict]:
+    folder = run / split
+    if not (folder / "metrics.json").exists():
+        raise FileNotFoundError(
+            f"{folder}/metrics.json not found: run `chexvision evaluate "
+            f"{run} --split {split}` first"
+        )
+    return (
+        read_predictions(folder / "predictions.csv"),
+        json.loads((folder / "metrics.json").read_text()),
+        json.loads((run / "config.json").read_text()),
+    )
+
+
+def write_figures(run_dir: str | Path, split: str = "test") -> dict[str, Figure]:
+    """ROC curves, confusion matrices, training curves and AUC bars as RUN/<split>/figures/*.png.
+
+    Returns the figures by file stem, for inline display in notebooks.
+    """
+    run = Path(run_dir)
+    predictions, metrics, config = _load(run, split)
+    label = split_label(metrics, config)
+    out = run / split / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Figure] = {}
+    has_findings = metrics.get("macro_auc") is not None
+    if has_findings:
+        figures["roc_findings"] = plots.roc_grid(
+            predictions, metrics, out / "roc_findings.png", split_label=label
+        )
+        figures["auc_bars"] = plots.auc_bars(metrics, out / "auc_bars.png", split_label=label)
+        figures["confusion_findings"] = plots.confusion_matrices(
+            metrics,
+            out / "confusion_findings.png",
+            # outputs whose validation split had no positives have no stored threshold
+            outputs=[
+                f for f in FINDINGS if "at_validation_threshold" in metrics["outputs"].get(f, {})
+            ],
+            split_label=label,
+        )
+    figures["roc_abnormal"] = plots.roc_binary(
+        predictions, metrics, out / "roc_abnormal.png", split_label=label
+    )
+    figures["confusion_abnormal"] = plots.confusion_matrices(
+        metrics, out / "confusion_abnormal.png", outputs=[ABNORMAL], split_label=label
+    )
+    if (run / "history.csv").exists():
+        figures["training_curves"] = plots.training_curves(
+            pd.read_csv(run / "history.csv"), out / "training_curves.png"
+        )
+    return figures
+
+
+def _cache_for(run: Path, cache: str | Path | None) -> str:
+    return str(cache or json.loads((run / "config.json").read_text())["cache"]["path"])
+
+
+def gradcam_grid(
+    run_dir: str | Path,
+    split: str = "test",
+    output: str = ABNORMAL,
+    per_group: int = 2,
+    cache: str | Path | None = None,
+) -> Figure:
+    """Grad-CAM overlays of true/false positives/negatives for one output (Tang et al. Fig. 4),
+    saved as RUN/<split>/figures/gradcam_<output>.png."""
+    run = Path(run_dir)
+    predictions, metrics, config = _load(run, split)
+    threshold = metrics["thresholds"].get(output)
+    threshold = 0.5 if threshold is None else threshold
+    cases = plots.select_cases(predictions, output, threshold, per_group=per_group)
+    if cases.empty:
+        raise ValueError(f"{output}: no labelled cases in the {split} predictions")
+    data = CachedSplit(_cache_for(run, cache), split)
+    positions = data.table.reset_index().set_index("image_id").loc[cases["image_id"], "index"]
+    pixels = data.read(positions.to_numpy())
+    model = load_model(run)
+    x = normalised_inputs(pixels, model.preprocessing)
+    cams = grad_cam(model, x, OUTPUTS.index(output))
+    size = model.preprocessing["image_size"]
+    greys = [np.asarray(Image.fromarray(p).resize((size, size))) for p in pixels]
+    overlays = [overlay(g, m) for g, m in zip(greys, cams.maps, strict=True)]
+    titles = [
+        f"{case} · {plots.display_name(output)} p={p:.2f}"
+        for case, p in zip(cases["case"], cases[f"prob_{output}"], strict=True)
+    ]
+    path = run / split / "figures" / f"gradcam_{output}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return plots.cam_grid(
+        greys,
+        overlays,
+        titles,
+        path,
+        caption=f"{split_label(metrics, config)}; threshold {threshold:.3f} chosen on validation",
+    )
+
+
+def find_bbox_list(run_dir: str | Path) -> Path | None:
+    """The BBox_List_2017.csv next to the run's data, if the data source has one."""
+    root = (
+        json.loads((Path(run_dir) / "config.json").read_text()).get("data_source", {}).get("root")
+    )
+    if not root or not Path(root).is_dir():
+        return None
+    for name in BBOX_NAMES:
+        found = sorted(Path(root).rglob(name))
+        if found:
+            return found[0]
+    return None
+
+
+def localisation_report(
+    run_dir: str | Path,
+    split: str = "test",
+    bbox_csv: str | Path | None = None,
+    cache: str | Path | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Pointing game and IoBB/IoU of Grad-CAM against the radiologist boxes of `split`'s images,
+    with the random-map control; written to RUN/<split>/localisation.csv."""
+    run = Path(run_dir)
+    bbox_csv = bbox_csv or find_bbox_list(run)
+    if bbox_csv is None:
+        raise FileNotFoundError(f"no BBox_List_2017.csv found for {run}; pass bbox_csv")
+    boxes = read_bbox_list(bbox_csv)
+    data = CachedSplit(_cache_for(run, cache), split)
+    boxed = data.table[data.table["image_id"].isin(set(boxes["image_id"]))]
+    if boxed.empty:
+        raise ValueError(f"none of the {split} images has a box in {bbox_csv}")
+    pixels = data.read(boxed.index.to_numpy())
+    # Boxes are in the pixel space of the original files (1024 px for NIH): read their sizes.
+    sizes = []
+    for path in boxed["path"]:
+        with Image.open(path) as image:
+            sizes.append(image.size)
+    model = load_model(run)
+    findings = [f for f in FINDINGS if f in set(boxes["finding"])]
+    table = localisation_scores(
+        model, pixels, boxed["image_id"].tolist(), findings, boxes, sizes, seed=seed
+    )
+    table.to_csv(run / split / "localisation.csv", index=False)
+    return table
