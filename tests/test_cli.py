@@ -29,6 +29,7 @@ SUBCOMMANDS = (
     "predict",
     "card",
     "push",
+    "kaggle",
     "study",
     "external",
     "demo",

@@ -51,14 +51,20 @@ def test_three_notebooks_run_in_sequence(tmp_path: Path, monkeypatch):
             "work_dir": str(work),
             "data_root": "synthetic",
             "synthetic_patients": 40,
+            # CI's tiny settings, instead of the recipe a Kaggle "Run All" trains
+            "recipe": None,
+            "model": "seresnet_small",
             "image_size": 64,
             "epochs": 2,
+            "lr": 3e-3,
         },
     )
     run = work / "train"
     assert (run / "model" / "model.safetensors").exists()
     evaluated = _run(
-        "02_evaluate", tmp_path, {"run_dir": str(run), "resamples": 100, "cam_outputs": "Abnormal"}
+        "02_evaluate",
+        tmp_path,
+        {"run_dir": str(run), "work_dir": str(work), "resamples": 100, "cam_outputs": "Abnormal"},
     )
     assert (run / "test" / "metrics.json").exists()
     assert (run / "test" / "figures" / "roc_abnormal.png").exists()
@@ -67,7 +73,11 @@ def test_three_notebooks_run_in_sequence(tmp_path: Path, monkeypatch):
         o for c in evaluated.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
     ]
     assert len(images) >= 5, "figures are shown inline"
-    _run("03_publish", tmp_path, {"run_dir": str(run), "model_dir": str(work / "model")})
+    _run(
+        "03_publish",
+        tmp_path,
+        {"run_dir": str(run), "work_dir": str(work), "model_dir": str(work / "model")},
+    )
     card = (work / "model" / "README.md").read_text()
     assert "Not for clinical use" in card
     for name in NOTEBOOKS:

@@ -1,7 +1,8 @@
-"""push_kernel.sh: the dry-run folder, a full push against a fake `kaggle` CLI, and refusals.
+"""`chexvision kaggle push` (push_kernel.sh) against a fake Kaggle API on 127.0.0.1 that the
+real `kaggle` client talks to: the dry-run folder, first and later pushes, every way Kaggle can
+say no, a failed kernel, --wait with its output, the chained evaluate kernel, and refusals.
 
-No network: a small fake `kaggle` on PATH logs its argv and answers like the real CLI. The wheel is
-built once per module (by the dry run) and reused with --wheel by the other runs.
+The wheel is built once per module (by the dry run) and reused with --wheel by the other runs.
 """
 
 from __future__ import annotations
@@ -14,89 +15,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_kaggle_api import FakeKaggle, FakeKaggleUnavailable
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "push_kernel.sh"
 BASH = shutil.which("bash")
-OWNER = "jane"
-# Set in the environment the fake CLI sees; it must never show up in the script's output or files.
-SENTINEL_KEY = "0123456789abcdef-sentinel-kaggle-key"
+OWNER = "fake-owner"  # the fake's user: the pushes go to its own account
+WHEEL_REF = f"{OWNER}/chexvision-wheel"
+KERNEL_REF = f"{OWNER}/chexvision-train"
 
 pytestmark = pytest.mark.skipif(BASH is None, reason="push_kernel.sh needs bash")
-
-FAKE_KAGGLE = """\
-#!{python}
-# Fake Kaggle CLI: logs argv, answers like kaggle 2.x, touches no network.
-import json
-import os
-import shutil
-import sys
-from pathlib import Path
-
-state = Path(os.environ["FAKE_KAGGLE_STATE"])
-state.mkdir(parents=True, exist_ok=True)
-args = sys.argv[1:]
-with open(state / "calls.log", "a") as log:
-    log.write(json.dumps(args) + "\\n")
-
-
-def folder():
-    return Path(args[args.index("-p") + 1])
-
-
-def bump(name):
-    counter = state / name
-    n = int(counter.read_text()) + 1 if counter.exists() else 1
-    counter.write_text(str(n))
-    return n
-
-
-if args == ["--version"]:
-    print("Kaggle CLI 2.2.4")
-elif args[:2] == ["datasets", "status"]:
-    if os.environ.get("FAKE_DATASET_EXISTS") != "1" and not (state / "created").exists():
-        print("404 Client Error: Not Found for url: https://www.kaggle.com/api/v1/datasets/status/"
-              + args[2], file=sys.stderr)
-        sys.exit(1)
-    print("ready")
-elif args[:2] in (["datasets", "create"], ["datasets", "version"]):
-    (state / "uploaded.json").write_text(json.dumps(sorted(p.name for p in folder().iterdir())))
-    (state / "created").touch()
-    print("Dataset version is being created. Please check progress at https://www.kaggle.com/x")
-elif args[:2] == ["kernels", "push"]:
-    shutil.copytree(folder(), state / "pushed")
-    meta = json.loads((folder() / "kernel-metadata.json").read_text())
-    print("Kernel version 1 successfully pushed.  Please check progress at "
-          "https://www.kaggle.com/code/" + meta["id"])
-elif args[:2] == ["kernels", "status"]:
-    final = os.environ.get("FAKE_KERNEL_FINAL", "COMPLETE")
-    status = "RUNNING" if bump("kernel_polls") < 2 else final
-    print(f'{{args[2]}} has status "KernelWorkerStatus.{{status}}"')
-elif args[:2] == ["kernels", "output"]:
-    out = folder()
-    out.mkdir(parents=True, exist_ok=True)
-    slug = args[2].split("/")[1]
-    (out / f"{{slug}}.log").write_text("[]")
-    (out / "metrics.json").write_text(json.dumps({{"macro_auc": 0.8}}))
-    print(f"Output file downloaded to {{out / 'metrics.json'}}")
-else:
-    print("fake kaggle: unexpected command", args, file=sys.stderr)
-    sys.exit(2)
-"""
-
-
-def script_python() -> str | None:
-    """The interpreter push_kernel.sh picks: the project's venv, else python3."""
-    venv = REPO / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else shutil.which("python3")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _needs_papermill():
-    python = script_python()
-    probe = [python, "-c", "import nbformat, papermill"] if python else None
-    if probe is None or subprocess.run(probe, capture_output=True).returncode != 0:
-        pytest.skip("push_kernel.sh's Python lacks papermill/nbformat")
 
 
 def write_notebook(path: Path) -> Path:
@@ -117,23 +45,11 @@ def write_notebook(path: Path) -> Path:
     return path
 
 
-def fake_env(tmp: Path, **extra: str) -> tuple[dict[str, str], Path]:
-    """Environment with a fake `kaggle` first on PATH; returns it and the fake's state folder."""
-    bin_dir = tmp / "fake-bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    fake = bin_dir / "kaggle"
-    fake.write_text(FAKE_KAGGLE.format(python=sys.executable))
-    fake.chmod(0o755)
-    state = tmp / "fake-state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAGGLE_", "FAKE_"))}
-    env.update(
-        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
-        FAKE_KAGGLE_STATE=str(state),
-        KAGGLE_USERNAME=OWNER,
-        KAGGLE_KEY=SENTINEL_KEY,
-        **extra,
-    )
-    return env, state
+def offline_env(tmp: Path) -> dict[str, str]:
+    """No Kaggle credentials and no route to Kaggle: what a dry run must be happy with."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    env.update(HOME=str(tmp / "home"), KAGGLE_CONFIG_DIR=str(tmp / "no-kaggle-config"))
+    return env
 
 
 def run_script(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -142,16 +58,13 @@ def run_script(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-def calls(state: Path) -> list[list[str]]:
-    log = state / "calls.log"
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-
-def no_sentinel_anywhere(result: subprocess.CompletedProcess, folder: Path) -> None:
-    assert SENTINEL_KEY not in result.stdout + result.stderr
-    for path in folder.rglob("*"):
-        if path.is_file():
-            assert SENTINEL_KEY.encode() not in path.read_bytes(), path
+@pytest.fixture
+def kaggle():
+    try:
+        with FakeKaggle(username=OWNER) as fake:
+            yield fake
+    except FakeKaggleUnavailable as error:
+        pytest.skip(f"the fake Kaggle API cannot bind localhost:80 ({error})")
 
 
 @pytest.fixture(scope="module")
@@ -159,12 +72,11 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory):
     """One dry run that builds the wheel for real; the other tests reuse that wheel."""
     tmp = tmp_path_factory.mktemp("dry")
     notebook = write_notebook(tmp / "nb" / "01_train.ipynb")
-    env, state = fake_env(tmp)
     out = tmp / "out"
     result = run_script(
         "--dry-run", "--notebook", str(notebook), "--owner", OWNER, "--out", str(out),
         "-p", "epochs=3", "-p", "model=densenet121",
-        env=env,
+        env=offline_env(tmp),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     wheels = sorted((out / "wheel-dataset").glob("chexvision-*.whl"))
@@ -172,13 +84,20 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory):
     kept = tmp / "wheel" / wheels[0].name
     kept.parent.mkdir()
     shutil.copy(wheels[0], kept)
-    return {"out": out.resolve(), "result": result, "state": state, "notebook": notebook,
-            "wheel": kept}  # fmt: skip
+    return {"out": out.resolve(), "result": result, "notebook": notebook, "wheel": kept}
 
 
 @pytest.fixture
 def notebook(dry_run) -> Path:
     return dry_run["notebook"]
+
+
+def push(kaggle: FakeKaggle, dry_run: dict, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_script(
+        "--notebook", str(dry_run["notebook"]), "--owner", OWNER, "--out", str(tmp / "out"),
+        "--wheel", str(dry_run["wheel"]), "--interval", "0.01", "--timeout", "30", *extra,
+        env=kaggle.subprocess_env(),
+    )  # fmt: skip
 
 
 # --- the dry run ------------------------------------------------------------------------
@@ -187,16 +106,15 @@ def notebook(dry_run) -> Path:
 def test_dry_run_builds_a_valid_push_folder(dry_run):
     out = dry_run["out"]
     meta = json.loads((out / "kernel" / "kernel-metadata.json").read_text())
-    assert meta["id"] == f"{OWNER}/chexvision-train"
+    assert meta["id"] == KERNEL_REF
     assert meta["title"] == "CheXVision train"
     assert meta["language"] == "python" and meta["kernel_type"] == "notebook"
     assert meta["is_private"] is True and meta["enable_gpu"] is True
     assert meta["enable_internet"] is False
     assert meta["machine_shape"] == "NvidiaTeslaT4"
-    assert meta["dataset_sources"] == ["nih-chest-xrays/data", f"{OWNER}/chexvision-wheel"]
+    assert meta["dataset_sources"] == ["nih-chest-xrays/data", WHEEL_REF]
     assert meta["competition_sources"] == [] and meta["kernel_sources"] == []
-    # Kaggle resolves code_file relative to the metadata file
-    code_file = out / "kernel" / meta["code_file"]
+    code_file = out / "kernel" / meta["code_file"]  # relative to the metadata file
     assert code_file.is_file()
 
     nb = json.loads(code_file.read_text())
@@ -207,7 +125,8 @@ def test_dry_run_builds_a_valid_push_folder(dry_run):
     parameters = tags.index(["parameters"])
     assert install < parameters
     install_source = "".join(nb["cells"][install]["source"])
-    assert "--no-index" in install_source and "/kaggle/input/chexvision-wheel" in install_source
+    wheel_sha256 = __import__("hashlib").sha256(dry_run["wheel"].read_bytes()).hexdigest()
+    assert "--no-index" in install_source and wheel_sha256 in install_source
     injected = nb["cells"][parameters + 1]
     assert injected["metadata"]["tags"] == ["injected-parameters"]
     source = "".join(injected["source"])
@@ -218,14 +137,13 @@ def test_dry_run_builds_a_valid_push_folder(dry_run):
     wheel_dir = out / "wheel-dataset"
     assert len(list(wheel_dir.glob("chexvision-*-py3-none-any.whl"))) == 1
     dataset = json.loads((wheel_dir / "dataset-metadata.json").read_text())
-    assert dataset["id"] == f"{OWNER}/chexvision-wheel"
+    assert dataset["id"] == WHEEL_REF
     assert len(dataset["licenses"]) == 1
 
 
-def test_dry_run_needs_no_kaggle_cli_and_leaks_no_key(dry_run):
-    assert calls(dry_run["state"]) == []
+def test_dry_run_needs_no_credentials_and_says_what_it_built(dry_run):
     assert "kernel/" in dry_run["result"].stdout  # the folder tree is printed
-    no_sentinel_anywhere(dry_run["result"], dry_run["out"])
+    assert "nothing was uploaded" in dry_run["result"].stdout
 
 
 def test_the_source_notebook_is_left_untouched(dry_run):
@@ -234,153 +152,203 @@ def test_the_source_notebook_is_left_untouched(dry_run):
     assert not any("kaggle-install" in c["metadata"].get("tags", []) for c in nb["cells"])
 
 
-def test_named_notebooks_resolve_in_the_notebooks_folder(dry_run, tmp_path):
-    """A copy of the repo layout: notebooks/ by name, and the evaluate kernel's extras."""
+def test_named_notebooks_resolve_and_chain(dry_run, tmp_path):
+    """A copy of the repo layout: notebooks/ by name; evaluate mounts train, publish evaluate."""
     repo = tmp_path / "repo"
     (repo / "notebooks").mkdir(parents=True)
     for name in ("push_kernel.sh", "kernel-metadata.json"):
         shutil.copy(REPO / name, repo / name)
-    for name in ("01_train", "02_evaluate"):
+    for name in ("01_train", "02_evaluate", "03_publish"):
         shutil.copy(dry_run["notebook"], repo / "notebooks" / f"{name}.ipynb")
-    env, state = fake_env(tmp_path)
-    # without a .venv in the copy the script falls back to python3: point that at this Python
-    shim = tmp_path / "fake-bin" / "python3"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    shim.chmod(0o755)
-    args = ["--dry-run", "--owner", OWNER, "--wheel", str(dry_run["wheel"])]
+    env = offline_env(tmp_path)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(REPO)  # the copy has no package of its own
+    args = ["--dry-run", "--owner", OWNER, "--wheel", str(dry_run["wheel"]), "--repo", str(repo)]
+    command = [sys.executable, "-m", "chexvision_lib.cli", "kaggle", "push", *args]
 
     unknown = subprocess.run(
-        [BASH, str(repo / "push_kernel.sh"), *args, "--notebook", "04_nope"],
-        env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    assert "available in notebooks/: 01_train 02_evaluate" in unknown.stderr
-
-    result = subprocess.run(
-        [BASH, str(repo / "push_kernel.sh"), *args, "--notebook", "02_evaluate", "--internet"],
-        env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    meta = json.loads((repo / "build" / "kaggle" / "kernel" / "kernel-metadata.json").read_text())
-    assert meta["id"] == f"{OWNER}/chexvision-evaluate"
-    assert meta["title"] == "CheXVision evaluate"
-    assert meta["code_file"] == "chexvision-evaluate.ipynb"
-    assert meta["kernel_sources"] == [f"{OWNER}/chexvision-train"]
-    assert meta["enable_internet"] is True
-    assert calls(state) == []
-
-
-# --- a real run against the fake CLI ----------------------------------------------------
-
-
-@pytest.mark.parametrize("dataset_exists", [False, True], ids=["first-push", "new-version"])
-def test_push_and_wait_runs_the_kaggle_commands_in_order(dry_run, tmp_path, dataset_exists):
-    env, state = fake_env(tmp_path, FAKE_DATASET_EXISTS="1" if dataset_exists else "0")
-    out = tmp_path / "out"
-    result = run_script(
-        "--notebook", str(dry_run["notebook"]), "--owner", OWNER, "--out", str(out),
-        "--wheel", str(dry_run["wheel"]), "-p", "epochs=2",
-        "--wait", "--interval", "0", "--timeout", "60",
-        env=env,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    out = out.resolve()
-    version = dry_run["wheel"].name.split("-")[1]
-    dataset = f"{OWNER}/chexvision-wheel"
-    kernel = f"{OWNER}/chexvision-train"
-    upload = (
-        ["datasets", "version", "-p", f"{out}/wheel-dataset", "-m", f"chexvision {version}"]
-        if dataset_exists
-        else ["datasets", "create", "-p", f"{out}/wheel-dataset"]
+        [*command, "--notebook", "04_nope"], env=env, capture_output=True, text=True
     )
-    assert calls(state) == [
-        ["--version"],  # the CLI starts at all
-        ["datasets", "status", dataset],  # exists? -> version, else create
-        [*upload, "--dir-mode", "zip"],
-        ["datasets", "status", dataset],  # wait until the upload is processed
-        ["kernels", "push", "-p", f"{out}/kernel"],
-        ["kernels", "status", kernel],  # running
-        ["kernels", "status", kernel],  # complete
-        ["kernels", "output", kernel, "-p", f"{out}/output/chexvision-train", "-o"],
-    ]
-    uploaded = json.loads((state / "uploaded.json").read_text())
-    assert sorted(uploaded) == sorted(["dataset-metadata.json", dry_run["wheel"].name])
-    pushed = json.loads((state / "pushed" / "kernel-metadata.json").read_text())
-    assert (state / "pushed" / pushed["code_file"]).is_file()
-    assert (out / "output" / "chexvision-train" / "metrics.json").is_file()
-    no_sentinel_anywhere(result, out)
+    assert unknown.returncode == 2
+    assert "01_train, 02_evaluate, 03_publish" in unknown.stderr
+
+    for name, upstream in (("evaluate", "train"), ("publish", "evaluate")):
+        done = subprocess.run(
+            [*command, "--notebook", f"0{2 if name == 'evaluate' else 3}_{name}", "--internet"],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        meta = json.loads(
+            (repo / "build" / "kaggle" / "kernel" / "kernel-metadata.json").read_text()
+        )
+        assert meta["id"] == f"{OWNER}/chexvision-{name}"
+        assert meta["title"] == f"CheXVision {name}"
+        assert meta["kernel_sources"] == [f"{OWNER}/chexvision-{upstream}"]
+        assert meta["enable_internet"] is True
 
 
-def test_a_failed_kernel_exits_nonzero_with_its_log(dry_run, tmp_path):
-    env, state = fake_env(tmp_path, FAKE_DATASET_EXISTS="1", FAKE_KERNEL_FINAL="ERROR")
-    out = tmp_path / "out"
+# --- pushes through the real kaggle client --------------------------------------------------
+
+
+def test_first_push_creates_the_wheel_dataset_and_the_kernel(kaggle, dry_run, tmp_path):
+    kaggle.dataset_processing_polls = 2  # Kaggle processes an upload for a while
+    result = push(kaggle, dry_run, tmp_path, "-p", "epochs=2")
+    assert result.returncode == 0, result.stderr
+    dataset = kaggle.datasets[WHEEL_REF]
+    assert [v["version_number"] for v in dataset["versions"]] == [1]
+    assert dataset["files"][dry_run["wheel"].name] == dry_run["wheel"].read_bytes()
+    saved = kaggle.saved_kernel(KERNEL_REF)
+    assert saved.enable_gpu and not saved.enable_internet
+    assert saved.machine_shape == "NvidiaTeslaT4"
+    assert list(saved.dataset_data_sources) == ["nih-chest-xrays/data", WHEEL_REF]
+    notebook = json.loads(saved.text)
+    assert any("epochs = 2" in "".join(c["source"]) for c in notebook["cells"])
+    # The kernel was pushed only once the wheel's version was live.
+    methods = kaggle.methods()
+    assert methods.index("SaveKernel") > max(
+        i for i, m in enumerate(methods) if m in ("GetDatasetStatus", "GetDataset")
+    )
+    assert "version 1 is ready" in result.stdout
+    assert kaggle.key not in result.stdout + result.stderr
+
+
+def test_second_push_uploads_a_new_version_and_waits_for_it(kaggle, dry_run, tmp_path):
+    kaggle.add_dataset(WHEEL_REF, {"chexvision-0.0.9-py3-none-any.whl": b"old wheel"})
+    kaggle.dataset_processing_polls = 3
+    result = push(kaggle, dry_run, tmp_path)
+    assert result.returncode == 0, result.stderr
+    versions = kaggle.datasets[WHEEL_REF]["versions"]
+    assert [v["version_number"] for v in versions] == [1, 2]
+    assert "version 2 is ready" in result.stdout
+    assert kaggle.methods().count("SaveKernel") == 1
+
+
+def test_a_rejected_source_fails_the_push(kaggle, dry_run, tmp_path):
+    kaggle.reject_sources = ["nih-chest-xrays/data"]
+    result = push(kaggle, dry_run, tmp_path)
+    assert result.returncode == 2
+    assert "could not attach dataset sources ['nih-chest-xrays/data']" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_push_error_fails_with_kaggles_message(kaggle, dry_run, tmp_path):
+    kaggle.save_kernel_error = "Notebook quota exceeded for this week"
+    result = push(kaggle, dry_run, tmp_path)
+    assert result.returncode == 2
+    assert "Notebook quota exceeded for this week" in result.stderr
+
+
+def test_an_http_error_fails_with_kaggles_message(kaggle, dry_run, tmp_path):
+    kaggle.fail_method = ("SaveKernel", 403, "Permission 'kernels.create' was denied")
+    result = push(kaggle, dry_run, tmp_path)
+    assert result.returncode == 2
+    assert "Permission 'kernels.create' was denied" in result.stderr
+
+
+def test_a_failed_kernel_fails_even_when_its_message_says_complete(kaggle, dry_run, tmp_path):
+    kaggle.kernel_statuses = ["running", "error"]
+    kaggle.failure_message = "Session did not complete: CUDA out of memory"
+    kaggle.kernel_log = "RuntimeError: CUDA out of memory"
+    result = push(kaggle, dry_run, tmp_path, "--wait")
+    assert result.returncode == 2
+    assert "ended with status error: Session did not complete: CUDA out of memory" in result.stderr
+    log = tmp_path / "out" / "output" / "chexvision-train" / "chexvision-train.log"
+    assert "CUDA out of memory" in log.read_text()
+
+
+def test_wait_follows_the_kernel_and_downloads_its_output(kaggle, dry_run, tmp_path):
+    kaggle.kernel_statuses = ["queued", "running", "complete"]
+    kaggle.kernel_output_files = {"runs/notebook/train/history.csv": b"epoch,macro_auc\n1,0.7\n"}
+    output = tmp_path / "fetched"
+    result = push(kaggle, dry_run, tmp_path, "--wait", "--output-dir", str(output))
+    assert result.returncode == 0, result.stderr
+    assert (output / "runs/notebook/train/history.csv").read_bytes().endswith(b"1,0.7\n")
+    assert kaggle.methods().count("GetKernelSessionStatus") == 3
+
+
+def test_wait_gives_up_after_the_timeout(kaggle, dry_run, tmp_path):
+    kaggle.kernel_statuses = ["running"]
     result = run_script(
-        "--notebook", str(dry_run["notebook"]), "--owner", OWNER, "--out", str(out),
-        "--wheel", str(dry_run["wheel"]), "--wait", "--interval", "0",
-        env=env,
+        "--notebook", str(dry_run["notebook"]), "--owner", OWNER, "--out", str(tmp_path / "out"),
+        "--wheel", str(dry_run["wheel"]), "--interval", "0.05", "--timeout", "0.3", "--wait",
+        env=kaggle.subprocess_env(),
     )  # fmt: skip
-    assert result.returncode != 0
-    assert "did not complete" in result.stderr
-    assert calls(state)[-1][:2] == ["kernels", "output"]
-    assert (out / "output" / "chexvision-train" / "chexvision-train.log").is_file()
+    assert result.returncode == 2
+    assert "still running after" in result.stderr
+
+
+def test_status_reads_the_structured_field(kaggle, tmp_path):
+    kaggle.add_kernel(KERNEL_REF)
+    kaggle.kernel_statuses = [("error", "Session did not complete")]
+    done = subprocess.run(
+        [sys.executable, "-m", "chexvision_lib.cli", "kaggle", "status", KERNEL_REF],
+        env={**kaggle.subprocess_env(), "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"{KERNEL_REF}: error (Session did not complete)" in done.stdout
+
+
+def test_missing_credentials_stop_before_the_build(dry_run, tmp_path):
+    result = run_script(
+        "--notebook", str(dry_run["notebook"]), "--owner", OWNER, "--out", str(tmp_path / "out"),
+        env=offline_env(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "credentials" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# --- refusals ---------------------------------------------------------------------------
 
 
 def test_a_real_push_refuses_the_placeholder_owner(notebook, tmp_path):
     template = json.loads((REPO / "kernel-metadata.json").read_text())
     if not template["id"].startswith("your-kaggle-username/"):
         pytest.skip("kernel-metadata.json already names its owner")
-    env, state = fake_env(tmp_path)
-    env.pop("KAGGLE_USERNAME")
+    env = offline_env(tmp_path)
     result = run_script("--notebook", str(notebook), "--out", str(tmp_path / "out"), env=env)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "--owner" in result.stderr
-    assert calls(state) == []
-
-
-# --- refusals ---------------------------------------------------------------------------
 
 
 def test_secret_looking_parameter_is_refused(notebook, tmp_path):
-    env, state = fake_env(tmp_path)
+    secret = "0123456789abcdef-sentinel"
     result = run_script(
-        "--notebook", str(notebook), "--dry-run", "-p", f"hf_token={SENTINEL_KEY}", env=env
-    )
-    assert result.returncode != 0
+        "--notebook", str(notebook), "--dry-run", "-p", f"hf_token={secret}",
+        env=offline_env(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 2
     assert "refusing parameter 'hf_token'" in result.stderr
     assert "Kaggle Secrets" in result.stderr
-    assert SENTINEL_KEY not in result.stdout + result.stderr
-    assert calls(state) == []
+    assert secret not in result.stdout + result.stderr
 
 
 def test_unknown_notebook_lists_what_exists(tmp_path):
-    env, _ = fake_env(tmp_path)
-    result = run_script("--notebook", "99_nope", "--dry-run", env=env)
-    assert result.returncode != 0
+    result = run_script("--notebook", "99_nope", "--dry-run", env=offline_env(tmp_path))
+    assert result.returncode == 2
     assert "unknown notebook '99_nope'" in result.stderr
-    assert "available in notebooks/" in result.stderr
+    assert "01_train, 02_evaluate, 03_publish" in result.stderr
 
 
 @pytest.mark.parametrize(
     ("parameter", "message"),
-    [
-        ("epochs", "expected -p NAME=VALUE"),
-        ("1st=3", "is not a Python identifier"),
-    ],
+    [("epochs", "expected -p NAME=VALUE"), ("1st=3", "is not a Python identifier")],
 )
 def test_malformed_parameter_is_a_usage_error(notebook, tmp_path, parameter, message):
-    env, _ = fake_env(tmp_path)
-    result = run_script("--notebook", str(notebook), "--dry-run", "-p", parameter, env=env)
+    result = run_script(
+        "--notebook", str(notebook), "--dry-run", "-p", parameter, env=offline_env(tmp_path)
+    )
     assert result.returncode == 2
     assert message in result.stderr
 
 
 def test_parameter_missing_from_the_notebook_names_the_ones_it_has(dry_run, tmp_path):
-    env, _ = fake_env(tmp_path)
     result = run_script(
         "--notebook", str(dry_run["notebook"]), "--owner", OWNER, "--out", str(tmp_path / "out"),
         "--wheel", str(dry_run["wheel"]), "--dry-run", "-p", "epochz=3",
-        env=env,
+        env=offline_env(tmp_path),
     )  # fmt: skip
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "has no parameter 'epochz'" in result.stderr
     assert "epochs, model, lr" in result.stderr
 
@@ -396,8 +364,7 @@ def edit_metadata(folder: Path, **changes) -> None:
 
 
 def test_validate_accepts_the_dry_run_folder(dry_run, tmp_path):
-    env, _ = fake_env(tmp_path)
-    result = run_script("--validate", str(dry_run["out"]), env=env)
+    result = run_script("--validate", str(dry_run["out"]), env=offline_env(tmp_path))
     assert result.returncode == 0, result.stderr
 
 
@@ -406,10 +373,10 @@ def test_validate_accepts_the_dry_run_folder(dry_run, tmp_path):
     [
         ({"machine_shape": "NvidiaTeslaP100"}, "machine_shape must be 'NvidiaTeslaT4'"),
         ({"title": "CheXVision training"}, "slugs to 'chexvision-training'"),
-        ({"enable_gpu": False}, "enable_gpu must be true"),
+        ({"enable_gpu": False}, "enable_gpu must be True"),
         ({"is_private": "yes"}, "'is_private' must be a JSON bool"),
         ({"code_file": "missing.ipynb"}, "'missing.ipynb' not found"),
-        ({"dataset_sources": ["nih-chest-xrays/data"]}, "must include 'jane/chexvision-wheel'"),
+        ({"dataset_sources": ["nih-chest-xrays/data"]}, f"must include '{WHEEL_REF}'"),
     ],
     ids=["p100", "title-slug", "no-gpu", "string-bool", "no-code-file", "no-wheel-dataset"],
 )
@@ -417,9 +384,8 @@ def test_validate_rejects_bad_metadata(dry_run, tmp_path, changes, message):
     folder = tmp_path / "build"
     shutil.copytree(dry_run["out"], folder)
     edit_metadata(folder, **changes)
-    env, _ = fake_env(tmp_path)
-    result = run_script("--validate", str(folder), env=env)
-    assert result.returncode == 1
+    result = run_script("--validate", str(folder), env=offline_env(tmp_path))
+    assert result.returncode == 2
     assert "validation failed" in result.stderr
     assert message in result.stderr
 
@@ -431,7 +397,6 @@ def test_validate_rejects_a_notebook_with_outputs(dry_run, tmp_path):
     nb = json.loads(notebook.read_text())
     nb["cells"][-1]["execution_count"] = 1
     notebook.write_text(json.dumps(nb))
-    env, _ = fake_env(tmp_path)
-    result = run_script("--validate", str(folder), env=env)
-    assert result.returncode == 1
+    result = run_script("--validate", str(folder), env=offline_env(tmp_path))
+    assert result.returncode == 2
     assert "carry outputs or execution counts" in result.stderr

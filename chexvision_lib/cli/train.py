@@ -38,6 +38,7 @@ def run_train(args: argparse.Namespace) -> None:
     from chexvision_lib.core.config import from_dict, read_json_object
     from chexvision_lib.training.checkpoints import load_checkpoint
     from chexvision_lib.training.loop import fit
+    from chexvision_lib.training.recipes import config_with_recipe
 
     values = {k: v for k, v in vars(args).items() if k not in NOT_FLAGS}
     if args.resume:
@@ -55,7 +56,7 @@ def run_train(args: argparse.Namespace) -> None:
             if required not in values:
                 raise ValueError(f"--{required} is required (or --resume RUN_DIR)")
         try:
-            config = from_dict(TrainConfig, values)
+            config = config_with_recipe(values)
         except (TypeError, ValueError) as error:
             where = f"{args.config} (or its flags)" if args.config else "flags"
             raise ValueError(f"{where}: {error}") from None

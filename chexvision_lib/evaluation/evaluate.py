@@ -150,6 +150,34 @@ def subgroups_from_predictions(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
 
 
+def run_cache(run: Path, config: dict) -> Path:
+    """The cache a run trained on: its recorded path, else where it sits relative to the run (a
+    run and its cache mounted together elsewhere, e.g. from a Kaggle kernel's output)."""
+    recorded = Path(config["cache"]["path"])
+    candidates = [recorded]
+    if config["cache"].get("relative_to_run"):
+        candidates.append(run / config["cache"]["relative_to_run"])
+    for candidate in candidates:
+        if (candidate / "cache.json").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{run}: the cache it trained on is not at {' or '.join(map(str, candidates))}; prepare "
+        "the same data again with the same settings and pass it as cache (--cache)"
+    )
+
+
+def same_data(config: dict, cache: str | Path) -> bool:
+    """Whether `cache` holds the run's own data: the same source files (by SHA-256) decoded with
+    the same settings. Then its splits are the run's splits, not an external dataset."""
+    info = json.loads((Path(cache) / "cache.json").read_text())
+    recorded = config.get("data_source", {}).get("sha256")
+    return (
+        recorded is not None
+        and info.get("source", {}).get("sha256") == recorded
+        and info.get("settings") == config["cache"].get("settings")
+    )
+
+
 def evaluate_run(
     run_dir: str | Path,
     split: str = "test",
@@ -162,8 +190,10 @@ def evaluate_run(
 ) -> dict:
     """Score `split` of the run's cache (or another cache) with the run's shipped model.
 
-    Writes RUN/<split>/predictions.csv, metrics.json and subgroups.csv (for another cache:
-    RUN/external_<cache folder name>_<split>/); returns the metrics, with "folder" set.
+    Writes RUN/<split>/predictions.csv, metrics.json and subgroups.csv; for a cache of other data
+    (external validation) RUN/external_<cache folder name>_<split>/. A cache of the run's own data
+    prepared again elsewhere (same file hashes and settings) counts as its own. Returns the
+    metrics, with "folder" set.
     """
     run = Path(run_dir)
     config_path = run / "config.json"
@@ -172,9 +202,10 @@ def evaluate_run(
     config = json.loads(config_path.read_text())
     torch_device = resolve_device(device)
     model = load_model(run, device=torch_device)
-    if cache is None:  # the run's own data, with its cross-validation fold if it had one
+    own = cache is None or same_data(config, cache)
+    if own:  # the run's own data, with its cross-validation fold if it had one
         folds = {k: config.get(k, 0) for k in ("folds", "fold", "seed")}
-        data = CachedSplit(config["cache"]["path"], split, **folds)
+        data = CachedSplit(cache or run_cache(run, config), split, **folds)
     else:
         data = CachedSplit(cache, split)
     loader = BatchLoader(data, batch_size, torch_device, shuffle=False)
@@ -188,8 +219,8 @@ def evaluate_run(
         show_progress=show_progress,
     )
     frame = predictions_frame(data.metadata(), probs, labels)
-    # Another cache (external validation) must not overwrite the run's own results.
-    out = run / (split if cache is None else f"external_{Path(cache).name}_{split}")
+    # Another dataset (external validation) must not overwrite the run's own results.
+    out = run / (split if own else f"external_{Path(cache).name}_{split}")
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "predictions.csv", index=False)
     subgroups_from_predictions(frame).to_csv(out / "subgroups.csv", index=False)

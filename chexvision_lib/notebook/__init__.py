@@ -10,5 +10,12 @@ __getattr__, __dir__ = lazy_exports(
         "find_data_root": "helpers",
         "launch_training": "helpers",
         "show": "helpers",
+        "training_config": "helpers",
+        "cache_size": "helpers",
+        "find_run": "kaggle_session",
+        "writable_run": "kaggle_session",
+        "link_cache": "kaggle_session",
+        "resume_from_output": "kaggle_session",
+        "open_run": "kaggle_session",
     },
 )

@@ -18,10 +18,12 @@ from matplotlib.figure import Figure
 
 from chexvision_lib.data.nih_index import DATA_ENTRY_PATTERN
 from chexvision_lib.data.synthetic import write_synthetic_nih
+from chexvision_lib.notebook.kaggle_session import kaggle_input
 from chexvision_lib.training.config import TrainConfig
 from chexvision_lib.training.loop import fit
+from chexvision_lib.training.recipes import config_with_recipe
 
-KAGGLE_INPUT = Path("/kaggle/input")
+DEFAULT_CACHE_SIZE = 256  # without a recipe or an image_size
 
 
 def _has_nih_metadata(root: Path, max_depth: int = 5) -> bool:
@@ -53,9 +55,10 @@ def find_data_root(
             f"{path.resolve()}. Pass a folder, 'auto' or 'synthetic'."
         )
     if data_root == "auto":
-        looked.append(str(KAGGLE_INPUT))
-        if KAGGLE_INPUT.is_dir() and _has_nih_metadata(KAGGLE_INPUT):
-            return KAGGLE_INPUT
+        mounted = kaggle_input()
+        looked.append(str(mounted))
+        if mounted.is_dir() and _has_nih_metadata(mounted):
+            return mounted
     synthetic = Path(work_dir) / "synthetic_nih"
     if not (synthetic / "synthetic_nih.json").exists():
         print(
@@ -64,6 +67,24 @@ def find_data_root(
         )
         write_synthetic_nih(synthetic, n_patients=synthetic_patients, image_size=synthetic_size)
     return synthetic
+
+
+def training_config(
+    recipe: str | None, cache: str | Path, out: str | Path, **parameters: object
+) -> TrainConfig:
+    """The notebook's TrainConfig: the recipe's values, overridden by every parameter that is not
+    None (pretrained="scratch" asks for no pretrained weights where the recipe has some)."""
+    values: dict[str, object] = {"recipe": recipe} if recipe else {}
+    for name, value in parameters.items():
+        if value is not None:
+            values[name] = None if (name == "pretrained" and value == "scratch") else value
+    return config_with_recipe({**values, "cache": str(cache), "out": str(out)})
+
+
+def cache_size(recipe: str | None, image_size: int | None) -> int:
+    """The side the cache is prepared at: the model input the notebook will train at."""
+    chosen = training_config(recipe, "-", "-", image_size=image_size).image_size
+    return chosen or DEFAULT_CACHE_SIZE
 
 
 def check_parameters() -> None:

@@ -39,15 +39,23 @@ class TrainConfig:
         32, "images per step per process; effective = batch_size x accum_steps x world size"
     )
     accum_steps: int = option(1, "micro-batches whose gradients are summed before a step")
-    optimizer: Literal["adamw", "sgd"] = option(
-        "adamw", "adamw (warm-up + cosine) or sgd (momentum, reduce on plateau: Tang et al.)"
+    recipe: str | None = option(
+        None, "a named recipe (chexvision_lib.training.recipes) whose values the others override"
+    )
+    optimizer: Literal["adamw", "adam", "sgd"] = option(
+        "adamw", "adamw, adam (L2 weight decay; CheXNet) or sgd with momentum (Tang et al.)"
+    )
+    schedule: Literal["auto", "cosine", "plateau"] = option(
+        "auto",
+        "cosine: linear warm-up, then cosine decay per step; plateau: lr x plateau_factor when "
+        "validation stops improving; auto: plateau for sgd, cosine otherwise",
     )
     lr: float = option(1e-3, "peak learning rate of the heads (and the backbone once unfrozen)")
     weight_decay: float = option(1e-4, "decoupled (adamw) or L2 (sgd) weight decay")
     momentum: float = option(0.9, "sgd only: momentum")
-    warmup_epochs: float = option(1.0, "adamw only: epochs of linear warm-up before cosine decay")
-    plateau_factor: float = option(0.1, "sgd only: lr x this when validation stops improving")
-    plateau_patience: int = option(1, "sgd only: epochs without improvement before lowering lr")
+    warmup_epochs: float = option(1.0, "cosine only: epochs of linear warm-up before the decay")
+    plateau_factor: float = option(0.1, "plateau only: lr x this when validation stops improving")
+    plateau_patience: int = option(1, "plateau only: epochs without improvement before lowering lr")
     freeze_epochs: int = option(
         0, "pretrained: train only the heads for this many epochs, backbone frozen"
     )
@@ -84,6 +92,12 @@ class TrainConfig:
         None, "Hub repo whose 'checkpoints' branch gets model/, history.csv, last.pt each N epochs"
     )
     hub_checkpoint_every: int = option(1, "with hub_checkpoint_repo: upload every N epochs")
+
+    @property
+    def lr_schedule(self) -> Literal["cosine", "plateau"]:
+        if self.schedule == "auto":
+            return "plateau" if self.optimizer == "sgd" else "cosine"
+        return self.schedule
 
     def __post_init__(self) -> None:
         positive = (

@@ -219,11 +219,11 @@ def build_training_model(config: TrainConfig, device: torch.device) -> ChestClas
 def new_train_state(
     model: ChestClassifier, config: TrainConfig, steps_per_epoch: int, runtime: Runtime
 ) -> TrainState:
-    """The optimiser and its schedule: warm-up + cosine per step (adamw), or x factor on a
-    validation plateau (sgd, Tang et al.)."""
+    """The optimiser and its schedule: warm-up + cosine per step, or x factor on a validation
+    plateau (Tang et al., CheXNet)."""
     optimizer = make_optimizer(model, config, runtime.device)
     scheduler, plateau = None, None
-    if config.optimizer == "adamw":
+    if config.lr_schedule == "cosine":
         warmup = int(config.warmup_epochs * steps_per_epoch)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(warmup, config.epochs * steps_per_epoch)
@@ -247,7 +247,9 @@ def resume_train_state(state: TrainState, run: Path, config: TrainConfig) -> Non
     state.load_state_dict(checkpoint["state"])
 
 
-def resolved_config(config: TrainConfig, runtime: Runtime, data: RunData, spec: dict) -> dict:
+def resolved_config(
+    config: TrainConfig, run: Path, runtime: Runtime, data: RunData, spec: dict
+) -> dict:
     """config.json: the config as run, plus what it resolved to on this machine and data."""
     return {
         **to_dict(config),
@@ -261,6 +263,8 @@ def resolved_config(config: TrainConfig, runtime: Runtime, data: RunData, spec: 
         "data_source": data.train.info.get("source", {}),
         "cache": {
             "path": str(config.cache),
+            # A run and its cache mounted together elsewhere (a Kaggle output) are found again.
+            "relative_to_run": os.path.relpath(Path(config.cache).resolve(), run.resolve()),
             "size": data.train.size,
             "settings": data.train.info["settings"],
         },
@@ -379,7 +383,7 @@ def fit(config: TrainConfig, resume: bool = False, show_progress: bool = True) -
         resume_train_state(state, run, config)
     elif main_process:
         run.mkdir(parents=True, exist_ok=True)
-    resolved = resolved_config(config, runtime, data, model.preprocessing)
+    resolved = resolved_config(config, run, runtime, data, model.preprocessing)
     uploader = None
     if main_process:
         write_json_atomic(run / "config.json", resolved)

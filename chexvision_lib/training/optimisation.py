@@ -28,20 +28,17 @@ def make_optimizer(model: ChestClassifier, config: TrainConfig, device: torch.de
         {"params": model.head_parameters(), "lr": config.lr, "name": "head"},
         {"params": model.backbone_parameters(), "lr": backbone_lr, "name": "backbone"},
     ]
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(
+    fused = config.fused_optimizer and device.type == "cuda"
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
             groups,
             lr=config.lr,
+            momentum=config.momentum,
             weight_decay=config.weight_decay,
-            fused=config.fused_optimizer and device.type == "cuda",
+            fused=fused,
         )
-    return torch.optim.SGD(
-        groups,
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        fused=config.fused_optimizer and device.type == "cuda",
-    )
+    adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return adam(groups, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def set_backbone_frozen(model: ChestClassifier, frozen: bool) -> None:

@@ -23,8 +23,8 @@ PROGRESS_FIELDS = ("epoch", "step", "best", "best_epoch", "bad_epochs", "stopped
 class TrainState:
     model: ChestClassifier
     optimizer: torch.optim.Optimizer
-    # adamw steps `scheduler` (warm-up + cosine) every optimiser step; sgd steps `plateau` once
-    # per epoch on the validation monitor. Exactly one of the two is set.
+    # The cosine schedule steps `scheduler` every optimiser step; the plateau schedule steps
+    # `plateau` once per epoch on the validation monitor. Exactly one of the two is set.
     scheduler: torch.optim.lr_scheduler.LambdaLR | None
     plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None
     scaler: torch.amp.GradScaler
