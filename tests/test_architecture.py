@@ -65,6 +65,14 @@ def imported_modules(module: str, path: Path) -> set[tuple[str, tuple[str, ...]]
             names = tuple(alias.name for alias in node.names)
             submodules = [f"{base}.{n}" for n in names if f"{base}.{n}" in MODULES]
             targets = [(s, ()) for s in submodules] or [(base, names)]
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and str(node.args[0].value).startswith("chexvision_lib")
+        ):
+            targets = [(node.args[0].value, ())]  # importlib.import_module("chexvision_lib.x")
         else:
             continue
         for target, names in targets:
@@ -79,7 +87,7 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in MODULES}
     for module, path in MODULES.items():
         for target, names in imported_modules(module, path):
-            if module.startswith(target + "."):
+            if target != "chexvision_lib" and module.startswith(target + "."):
                 continue  # a subpackage's own __init__ runs first anyway: not an edge
             if target == "chexvision_lib" and names == ("__version__",):
                 continue  # the version string: the root imports nothing at load time
@@ -153,6 +161,19 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_cycles():
     cycles = strongly_connected(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_graph_sees_root_and_string_imports(tmp_path, monkeypatch):
+    """The guard itself: an upward import through the public API or importlib is an edge."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import importlib\n"
+        "def f():\n"
+        "    from chexvision_lib import fit\n"
+        "    importlib.import_module('chexvision_lib.cli.main')\n"
+    )
+    found = {target for target, _ in imported_modules("chexvision_lib.core.probe", probe)}
+    assert {"chexvision_lib", "chexvision_lib.cli.main"} <= found
 
 
 def test_cycle_finder_finds_a_cycle():

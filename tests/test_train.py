@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,6 +143,36 @@ def test_killed_run_resumes_to_the_same_weights_and_history(cache: Path, tmp_pat
         json.loads((reference / "model" / "config.json").read_text())["thresholds"]
         == json.loads((killed / "model" / "config.json").read_text())["thresholds"]
     )
+
+
+def test_a_moved_run_resumes_where_it_is_now(cache: Path, tmp_path: Path, capsys):
+    """A run copied elsewhere (a Kaggle output, a download) continues in the copy; the original
+    is never written to."""
+    original = tmp_path / "original"
+    fit(small_config(cache, original, epochs=3), show_progress=False)
+    checkpoint = torch.load(original / "checkpoints" / "last.pt", weights_only=True)
+    checkpoint["state"]["progress"].update(epoch=1, stopped_early=False)  # as if stopped at 1
+    checkpoint["state"]["history"] = checkpoint["state"]["history"][:1]
+    torch.save(checkpoint, original / "checkpoints" / "last.pt")
+    moved = tmp_path / "moved"
+    shutil.copytree(original, moved)
+    before = (original / "history.csv").read_bytes()
+    assert cli_main(["train", "--resume", str(moved)]) == 0
+    assert f"run folder: {moved}" in capsys.readouterr().out
+    assert (original / "history.csv").read_bytes() == before
+    assert len(pd.read_csv(moved / "history.csv")) == 3
+
+
+def test_a_checkpoint_of_another_layout_is_refused_by_name(cache: Path, tmp_path: Path, capsys):
+    run = tmp_path / "old"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"model": {}, "state": {"epoch": 1}, "config": {}}, run / "checkpoints" / "last.pt")
+    assert cli_main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "last.pt: a checkpoint of format 1, written by an earlier CheXVision" in err
+    torch.save({"a": 1}, run / "checkpoints" / "last.pt")
+    assert cli_main(["train", "--resume", str(run)]) == 2
+    assert "not a CheXVision checkpoint" in capsys.readouterr().err
 
 
 def test_frozen_phase_really_freezes_the_backbone(cache: Path):

@@ -30,6 +30,7 @@ def run_prepare(args: argparse.Namespace) -> None:
         skip_bad=args.skip_bad,
         clahe=args.clahe,
         workers=args.workers,
+        ignore_disk_budget=args.ignore_disk_budget,
     )
     info = json.loads((folder / "cache.json").read_text())
     print(f"cache ready: {folder} ({info['n']} images at {args.size}px, {info['n_failed']} failed)")
@@ -70,5 +71,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--clahe", action="store_true", help="apply CLAHE once, at cache time")
     p.add_argument(
         "--workers", type=int, default=None, help="decode processes (default: the cores, <= 16)"
+    )
+    p.add_argument(
+        "--ignore-disk-budget",
+        action="store_true",
+        help="write the cache even when the disk reports less free space than it needs "
+        "(N x SIZE x SIZE bytes plus the index); the file is then left sparse, not reserved",
     )
     p.set_defaults(func=run_prepare)

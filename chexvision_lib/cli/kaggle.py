@@ -16,9 +16,7 @@ KAGGLE_SESSION_LIMIT = 43200  # 12 h
 
 def checkout_root() -> Path:
     """The source checkout this package runs from (push builds the wheel from it)."""
-    import chexvision_lib
-
-    return Path(chexvision_lib.__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]  # chexvision_lib/cli/kaggle.py -> the checkout
 
 
 def say(message: str) -> None:

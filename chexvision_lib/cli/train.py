@@ -42,13 +42,15 @@ def run_train(args: argparse.Namespace) -> None:
 
     values = {k: v for k, v in vars(args).items() if k not in NOT_FLAGS}
     if args.resume:
+        if args.config:
+            raise ValueError("--resume continues the run with its own config; drop --config")
         saved = load_checkpoint(Path(args.resume) / "checkpoints" / "last.pt")["config"]
         extra = {k: v for k, v in values.items() if saved.get(k) != v}
         if extra:
-            raise ValueError(
-                f"--resume continues the run with its own config; drop {sorted(extra)}"
-            )
-        config = from_dict(TrainConfig, saved)
+            flags = sorted("--" + k.replace("_", "-") for k in extra)
+            raise ValueError(f"--resume continues the run with its own config; drop {flags}")
+        # The folder given is the run, wherever it has moved since it started.
+        config = from_dict(TrainConfig, {**saved, "out": str(args.resume)})
     else:
         if args.config:
             values = {**read_json_object(args.config), **values}

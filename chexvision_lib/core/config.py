@@ -31,8 +31,10 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         if value not in args:
             raise ValueError(f"{name}: {value!r} is not one of {list(args)}")
         return value
-    if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+    if annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError(f"{name}: expected a number, got {value!r}")
     if annotation in (int, str, bool) and not (
         isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
     ):

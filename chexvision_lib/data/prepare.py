@@ -38,7 +38,13 @@ def prepare(
     clahe: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    ignore_disk_budget: bool = False,
 ) -> Path:
+    """Index `root` (kind auto-detected or given) and decode it once into the cache folder `out`.
+
+    Before writing, the disk holding `out` must have room for the cache (N x size x size bytes
+    plus the index); prepare refuses with the numbers otherwise, unless `ignore_disk_budget`.
+    """
     root = Path(root)
     kind = detect_kind(root) if kind == "auto" else kind
     options = {"val_fraction": val_fraction, "seed": seed, "views": views, "skip_bad": skip_bad}
@@ -75,4 +81,5 @@ def prepare(
         workers=workers,
         source=source,
         progress=progress,
+        ignore_disk_budget=ignore_disk_budget,
     )

@@ -11,23 +11,36 @@ import torch
 from chexvision_lib.core.atomic_files import replace_folder
 from chexvision_lib.models.registry import ChestClassifier
 
-
 # --- checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(path: Path, payload: dict) -> None:
+# The layout of last.pt: {"format", "state": TrainState.state_dict(), "config"}. A file of
+# another layout cannot be resumed by this code, and says so rather than failing half-way.
+CHECKPOINT_FORMAT = 2
+
+
+def save_checkpoint(path: Path, state: dict, config: dict) -> None:
     """torch.save to a temporary file, then rename: a kill never leaves a torn checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    torch.save(payload, temporary)
+    torch.save({"format": CHECKPOINT_FORMAT, "state": state, "config": config}, temporary)
     os.replace(temporary, path)
 
 
 def load_checkpoint(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"no checkpoint at {path}: nothing to resume") from None
     except Exception as error:  # torn, truncated or foreign files all land here
         raise ValueError(f"{path}: not a readable CheXVision checkpoint ({error})") from None
+    if not isinstance(checkpoint, dict) or not {"state", "config"} <= checkpoint.keys():
+        raise ValueError(f"{path}: not a CheXVision checkpoint (no training state and config)")
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path}: a checkpoint of format {checkpoint.get('format', 1)}, written by an earlier "
+            f"CheXVision; this version resumes format {CHECKPOINT_FORMAT} only. Resume it with "
+            "the version that wrote it, or start the run again"
+        )
+    return checkpoint
 
 
 def save_model_folder(model: ChestClassifier, folder: Path, extra: dict) -> None:
@@ -35,5 +48,5 @@ def save_model_folder(model: ChestClassifier, folder: Path, extra: dict) -> None
     temporary = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     model.save_pretrained(temporary, config=extra)
-    (temporary / "README.md").unlink(missing_ok=True)  # the card is written by `publish`
+    (temporary / "README.md").unlink(missing_ok=True)  # the card is written by `chexvision card`
     replace_folder(temporary, folder)

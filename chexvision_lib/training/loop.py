@@ -240,7 +240,8 @@ def resume_train_state(state: TrainState, run: Path, config: TrainConfig) -> Non
     """Restore a stopped run; its own config only (a changed one would not continue it)."""
     checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
     recover_folder(run / "model")
-    saved, current = checkpoint["config"], to_dict(config)
+    # The run folder may have moved (a copy, a Kaggle output): `out` is where it is now.
+    saved, current = {**checkpoint["config"], "out": str(run)}, to_dict(config)
     if saved != current:
         changed = sorted(k for k in saved if saved[k] != current.get(k))
         raise ValueError(f"{run}: resume with the run's own config; these differ: {changed}")
@@ -325,9 +326,7 @@ def save_progress(run: Path, state: TrainState, config: TrainConfig) -> None:
     """history.csv and the resume checkpoint, each replaced atomically."""
     pd.DataFrame(state.history).to_csv(run / "history.csv.tmp", index=False)
     os.replace(run / "history.csv.tmp", run / "history.csv")
-    save_checkpoint(
-        run / "checkpoints" / "last.pt", {"state": state.state_dict(), "config": to_dict(config)}
-    )
+    save_checkpoint(run / "checkpoints" / "last.pt", state.state_dict(), to_dict(config))
 
 
 def ship_best_model(
