@@ -27,11 +27,13 @@ from chexvision_lib.cli.main import main as cli_main
 from chexvision_lib.core.hub_access import MissingTokenError, resolve_token
 from chexvision_lib.core.labels import ABNORMAL, OUTPUTS
 from chexvision_lib.data.prepare import prepare
+from chexvision_lib.data.provenance import OFFICIAL_SPLIT_SHA256
 from chexvision_lib.evaluation.evaluate import evaluate_run
 from chexvision_lib.models.registry import ChestClassifier
 from chexvision_lib.publishing.hub import push_model_folder
 from chexvision_lib.publishing.model_card import render_model_card
 from chexvision_lib.publishing.model_folder import (
+    UNVERIFIED_NAME,
     ProvenanceError,
     build_model_folder,
     data_section,
@@ -429,16 +431,31 @@ def test_every_number_on_the_card_equals_metrics_json(card: str, metrics: dict, 
 def test_card_for_the_real_nih_release(folder: Path, tmp_path: Path):
     copy = Path(shutil.copytree(folder, tmp_path / "real"))
     config = json.loads((copy / "config.json").read_text())
+
+    def card_for(source: dict) -> str:
+        config["data"] = data_section({**config["training"], "data_source": source}, {})
+        (copy / "config.json").write_text(json.dumps(config))
+        return render_model_card(copy)
+
+    # Not synthetic, but its split lists are not NIH's: not called NIH ChestX-ray14.
     source = {**config["training"]["data_source"], "synthetic": False}
-    config["data"] = data_section({**config["training"], "data_source": source}, {})
-    (copy / "config.json").write_text(json.dumps(config))
-    card = render_model_card(copy)
+    results = ModelCard(card_for(source)).data.eval_results
+    assert {r.dataset_name for r in results} == {UNVERIFIED_NAME}
+    # With the official split lists' hashes recorded, and the whole test list indexed:
+    official = {**source["sha256"], **OFFICIAL_SPLIT_SHA256}
+    card = card_for({**source, "sha256": official, "counts": {**source["counts"], "test": 25_596}})
     results = ModelCard(card).data.eval_results
     assert {(r.dataset_name, r.dataset_split) for r in results} == {
         ("NIH ChestX-ray14", "official test_list.txt")
     }
     assert "synthetic" not in card.split("## Model summary")[0].lower()
+    assert "unverified" not in card.lower()
     assert "synthetic-data" not in ModelCard(card).data.tags
+    # Part of the test list only (images missing from the copy): the split says so.
+    results = ModelCard(card_for({**source, "sha256": official})).data.eval_results
+    assert {r.dataset_split for r in results} == {
+        f"official test_list.txt, the {source['counts']['test']:,} of its 25,596 images indexed"
+    }
 
 
 def test_card_for_a_binary_head(folder: Path, tmp_path: Path):

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from chexvision_lib.core.hashing import file_sha256
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, UNKNOWN
 from chexvision_lib.data.nih_index import IMAGE_SUFFIXES, INDEX_COLUMNS, split_counts
+from chexvision_lib.data.provenance import holds_synthetic_marker
 from chexvision_lib.data.splits import grouped_split
 
 NORMAL_CLASS_NAMES = ("NORMAL", "Normal", "normal", "0", "negative", "NEGATIVE")
@@ -91,7 +93,7 @@ def build_binary_index(
     Splits (default train 0.6 / val 0.1 / test 0.3) are drawn by patient; images whose patient
     cannot be read from the name count as their own patient (and the source says how many).
     """
-    source = Path(source)
+    source = Path(source).resolve()  # recorded: later steps may run from another directory
     fractions = fractions or {"train": 0.6, "val": 0.1, "test": 0.3}
     if source.is_dir():
         table = _folder_table(source, patient_pattern)
@@ -108,13 +110,16 @@ def build_binary_index(
         table[finding] = UNKNOWN
     table["age"], table["sex"], table["view"] = float("nan"), "", ""
     table = table.loc[:, list(INDEX_COLUMNS)]
-    info = {
+    info: dict[str, object] = {
         "kind": "binary",
         "root": str(source),
+        "synthetic": holds_synthetic_marker([source if source.is_dir() else source.parent]),
         "fractions": fractions,
         "seed": seed,
         "patient_pattern": patient_pattern,
         "images_without_patient": int(missing_patient.sum()),
         "counts": split_counts(table),
     }
+    if source.is_file():  # the labels file identifies the data; a folder tree has no one file
+        info.update(labels_csv=str(source), sha256={"labels_csv": file_sha256(source)})
     return table, info

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from chexvision_lib.data.nih_index import NIHIndex, build_nih_index
+from chexvision_lib.data.synthetic import MARKER_NAME
 
 HUB_REPO_ID = "HlexNC/chest-xray-14-320"
 REQUIRED_PARQUET_COLUMNS = ("image", "filename")
@@ -74,9 +75,17 @@ def build_hub_index(
     `metadata_root` holds the NIH Data_Entry CSV and split lists (the Kaggle mount, or a folder
     with just those three files); `split_options` are those of `build_nih_index`.
     """
+    parquet_dir = Path(parquet_dir).resolve()
     index = build_nih_index(metadata_root, images=parquet_image_refs(parquet_dir), **split_options)
+    # The pixels are synthetic too when the shards sit in (or below) a synthetic set's folder.
+    synthetic = bool(index.source["synthetic"]) or any(parquet_dir.rglob(MARKER_NAME))
     index.source.update(
-        {"kind": "hub_parquet", "parquet_dir": str(parquet_dir), "hub_repo_id": HUB_REPO_ID}
+        {
+            "kind": "hub_parquet",
+            "parquet_dir": str(parquet_dir),
+            "hub_repo_id": HUB_REPO_ID,
+            "synthetic": synthetic,
+        }
     )
     return index
 

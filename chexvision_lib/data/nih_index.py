@@ -2,8 +2,11 @@
 
 Output: one table, one row per image, with columns
     image_id, path, patient, age, sex, view, <14 findings>, Abnormal, split
-plus a `source` dict recording which files were used and their SHA-256 (the split files' hashes
-travel into every run and model card).
+plus a `source` dict recording which files were used (absolute, resolved paths), whether the
+folder is the built-in synthetic set (its marker file is present) and the files' SHA-256. The
+source travels into every run and model card, which may be built later from any working
+directory: `data.provenance.verify_nih_source` decides from it alone whether the data is NIH's
+release with its official split.
 
 Kaggle mounts the dataset at different depths over time
 (`/kaggle/input/nih-chest-xrays/data/images_001/images/...`,
@@ -22,7 +25,9 @@ import pandas as pd
 
 from chexvision_lib.core.hashing import file_sha256
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, parse_finding_labels
+from chexvision_lib.data.provenance import content_sha256
 from chexvision_lib.data.splits import carve_validation, check_patient_disjoint, read_split_list
+from chexvision_lib.data.synthetic import MARKER_NAME
 
 DATA_ENTRY_PATTERN = re.compile(r"^Data_Entry_2017.*\.csv(\.gz)?$")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -49,6 +54,7 @@ class _Found:
     test: list[Path] = field(default_factory=list)
     images: dict[str, Path] = field(default_factory=dict)
     duplicate_images: list[str] = field(default_factory=list)
+    synthetic_markers: list[Path] = field(default_factory=list)
 
 
 def _walk(root: Path) -> _Found:
@@ -61,6 +67,8 @@ def _walk(root: Path) -> _Found:
                 found.train_val.append(Path(directory, name))
             elif name == "test_list.txt":
                 found.test.append(Path(directory, name))
+            elif name == MARKER_NAME:
+                found.synthetic_markers.append(Path(directory, name))
             elif name.lower().endswith(IMAGE_SUFFIXES):
                 if name in found.images:
                     found.duplicate_images.append(name)
@@ -212,7 +220,9 @@ def build_nih_index(
     `images` (columns image_id, path[, parquet_row]) supplies the pixels from elsewhere, e.g. the
     Hub's parquet variant, while `root` supplies the metadata CSV and the split lists.
     """
-    root = Path(root)
+    # Absolute, so that the paths recorded here (and in the run, and the card) mean the same
+    # files whatever the working directory of a later step.
+    root = Path(root).absolute()
     if not root.is_dir():
         raise DatasetLayoutError(f"data root {root} does not exist or is not a folder")
     found = _walk(root)
@@ -265,17 +275,25 @@ def build_nih_index(
         skipped["missing_images"] = int(missing.sum())
     extra = [c for c in images.columns if c not in ("image_id", "path")]
     table = table[~missing].reset_index(drop=True).loc[:, [*INDEX_COLUMNS, *extra]]
+    csv_sha256 = file_sha256(csv_path)
     source = {
         "kind": "nih",
-        "root": str(root),
-        "data_entry_csv": str(csv_path),
-        "train_val_list": str(train_val_path),
-        "test_list": str(test_path),
+        "root": str(root.resolve()),
+        "data_entry_csv": str(csv_path.resolve()),
+        "train_val_list": str(train_val_path.resolve()),
+        "test_list": str(test_path.resolve()),
+        # The synthetic set's marker anywhere below the root: recorded now, while the folder is
+        # at hand, so that no later step (run elsewhere, or after the data moved) has to guess.
+        "synthetic": bool(found.synthetic_markers),
         "sha256": {
-            "data_entry_csv": file_sha256(csv_path),
+            "data_entry_csv": csv_sha256,
             "train_val_list": file_sha256(train_val_path),
             "test_list": file_sha256(test_path),
         },
+        # The CSV's uncompressed bytes, so a .csv.gz copy is recognised as the release it holds.
+        "data_entry_csv_content_sha256": content_sha256(csv_path)
+        if csv_path.suffix == ".gz"
+        else csv_sha256,
         "val_fraction": val_fraction,
         "seed": seed,
         "views": list(views) if views else None,

@@ -236,7 +236,9 @@ def evaluate_run(
         "best_epoch": model_config.get("best_epoch"),
         "weights_sha256": file_sha256(run / "model" / WEIGHTS_FILE),
     }
-    metrics["data_source"] = config.get("data_source", {}).get("kind")
+    # The evaluated data's identity (not the training data's): a card checks they are the same.
+    evaluated = data.info.get("source", {})
+    metrics["data_source"] = {key: evaluated.get(key) for key in ("kind", "synthetic", "sha256")}
     write_json_atomic(out / "metrics.json", metrics)
     return {**metrics, "folder": str(out)}
 

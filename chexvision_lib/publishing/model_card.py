@@ -118,6 +118,27 @@ class CardInputs:
     def synthetic(self) -> bool:
         return bool(self.data.get("synthetic"))
 
+    @property
+    def verification(self) -> dict[str, Any] | None:
+        """data.provenance.verify_nih_source's answer, as recorded when the folder was built."""
+        return self.data.get("verification")
+
+    @property
+    def unverified(self) -> bool:
+        """Real (not synthetic) data that was not verified as NIH's release with its official
+        split: the card must not let it pass for NIH ChestX-ray14. An external binary dataset
+        claims no such thing."""
+        if self.synthetic:
+            return False
+        verification = self.verification
+        if verification is None:  # a folder built before verification: only the old check
+            return self.data.get("synthetic") is None
+        return not verification.get("verified") and self.data.get("kind") != "binary"
+
+    def unverified_reasons(self) -> list[str]:
+        reasons = (self.verification or {}).get("reasons") or []
+        return list(reasons) or ["the data folder was not available to check it"]
+
     def split_description(self, split: str) -> str:
         return self.data.get("splits", {}).get(split, {}).get("description", f"{split} split")
 
@@ -286,6 +307,8 @@ def card_metadata(inputs: CardInputs) -> ModelCardData:
     tags += ["research-only", "not-for-clinical-use"]
     if inputs.synthetic:
         tags.append("synthetic-data")
+    if inputs.unverified:
+        tags.append("unverified-data-source")
     datasets = [inputs.data["hub_repo_id"]] if inputs.data.get("hub_repo_id") else None
     return ModelCardData(
         model_name=f"chexvision-{inputs.config['arch']}",
@@ -334,6 +357,14 @@ def section_title_and_warning(inputs: CardInputs) -> str:
             "real "
             "radiographs. Its numbers test the software pipeline; they say nothing about "
             "performance on real chest X-rays.",
+        ]
+    if inputs.unverified:
+        lines += [
+            "",
+            "> [!WARNING]",
+            "> **Unverified data source.** The files this model was trained and tested on were "
+            "not verified as NIH's ChestX-ray14 release and its official split (see *Training "
+            "data and split*); its numbers are not results on ChestX-ray14's official test list.",
         ]
     return "\n".join(lines)
 
@@ -469,11 +500,13 @@ def section_limitations(inputs: CardInputs) -> str:
             "frequencies, "
             "not real anatomy or disease. None of these numbers describes real radiographs.",
         )
-    elif inputs.data.get("synthetic") is None:
+    elif inputs.unverified:
         items.insert(
             0,
-            "- **Data source not verified.** The data folder was not available when this card was "
-            "built, so it could not be checked whether it was the real NIH release.",
+            "- **Unverified data source.** It could not be established that the data is NIH's "
+            "ChestX-ray14 release with its official split: "
+            + "; ".join(inputs.unverified_reasons())
+            + ".",
         )
     return "## Limitations\n\n" + "\n".join(items)
 
@@ -484,6 +517,28 @@ def _split_files_table(data: dict[str, Any]) -> str:
         return "Split files: not recorded by this data source."
     rows = [[f"`{name}`", f"`{digest}`"] for name, digest in files.items()]
     return markdown_table(["File", "SHA-256"], rows)
+
+
+def _verification_lines(inputs: CardInputs) -> list[str]:
+    verification = inputs.verification
+    if verification is None:
+        return []
+    if verification.get("verified"):
+        release = verification.get("data_entry_release")
+        lines = [
+            "- Provenance: **verified** — the SHA-256 of `train_val_list.txt` and "
+            "`test_list.txt` (below) equal those of NIH's official split lists, recorded when "
+            "the data was indexed" + (f"; the Data_Entry CSV is {release}." if release else ".")
+        ]
+        lines += [f"- Note: {note}." for note in verification.get("notes") or []]
+        return lines
+    if inputs.synthetic:
+        return ["- Provenance: the built-in synthetic set, not NIH's release."]
+    if inputs.data.get("kind") == "binary":
+        return ["- Provenance: an external dataset, identified by the hashes below (if any)."]
+    return [
+        "- Provenance: **unverified data source** — " + "; ".join(inputs.unverified_reasons()) + "."
+    ]
 
 
 def _revision_words(data: dict[str, Any]) -> str:
@@ -510,6 +565,7 @@ def section_training_data(inputs: CardInputs) -> str:
         "",
         f"- Data: **{data.get('dataset_name', 'unknown')}**, read by the `{data.get('kind')}` "
         f"loader; {_revision_words(data)}.",
+        *_verification_lines(inputs),
         "- Splits are patient-disjoint: no patient's images appear in more than one split.",
     ]
     if data.get("val_fraction") is not None:
@@ -768,6 +824,8 @@ def section_comparison(inputs: CardInputs) -> str:
     ours_split = f"{inputs.split} split: {inputs.split_description(inputs.split)}"
     if inputs.synthetic:
         ours_split += " — synthetic images, not comparable with any row below"
+    elif inputs.unverified:
+        ours_split += " — unverified data source, not comparable with any row below"
     rows = [[f"**This model** (`{inputs.config['arch']}`)", fmt_auc(macro), ours_split]]
     rows += [[ref["name"], fmt_auc(ref["macro_auc"]), ref["split"]] for ref in REFERENCES]
     return "\n".join(

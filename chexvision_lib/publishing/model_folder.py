@@ -28,6 +28,7 @@ from chexvision_lib.core.atomic_files import replace_folder, write_json_atomic
 from chexvision_lib.core.hashing import file_sha256
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, OUTPUTS
 from chexvision_lib.core.predictions import label_column, prob_column, read_predictions
+from chexvision_lib.data.provenance import NIH_KINDS, OFFICIAL_SPLIT_IMAGES, verify_nih_source
 from chexvision_lib.evaluation.evaluate import subgroups_from_predictions
 from chexvision_lib.evaluation.metrics import per_class_auc
 from chexvision_lib.models.registry import WEIGHTS_FILE
@@ -241,20 +242,45 @@ def verify_subgroups(table: pd.DataFrame, predictions: pd.DataFrame, where: str)
 # ----------------------------------------------------------------------------------------------
 
 
-def _is_synthetic(source: dict) -> bool | None:
-    """True/False when it can be told; None when the data folder is gone."""
-    if "synthetic" in source:
+def _legacy_root(source: dict, training: dict, run: Path | None) -> Path | None:
+    """Where a relative data root recorded by an older chexvision lies, if it can be told.
+
+    Runs indexed before the source recorded absolute paths hold paths relative to the directory
+    they were made from. When the run's own recorded `out` (relative too) names the run folder,
+    that directory is the run folder minus those parts, and the data root lies below it."""
+    root, out = source.get("root"), training.get("out")
+    if not root or Path(str(root)).is_absolute():
+        return Path(str(root)) if root else None
+    if run is None or not out or Path(str(out)).is_absolute():
+        return None
+    resolved, parts = run.resolve(), Path(str(out)).parts
+    if resolved.parts[-len(parts) :] != parts:
+        return None
+    return Path(*resolved.parts[: -len(parts)]) / str(root)
+
+
+def _is_synthetic(
+    source: dict, training: dict | None = None, run: Path | None = None
+) -> bool | None:
+    """What the index recorded; for older runs, the marker beside the data when the data folder
+    can still be found (never relative to the current directory); None when it cannot be told."""
+    if source.get("synthetic") is not None:
         return bool(source["synthetic"])
     from chexvision_lib.data.synthetic import MARKER_NAME
 
-    root = source.get("root")
-    if not root or not Path(root).exists():
+    root = _legacy_root(source, training or {}, run)
+    if root is None or not root.is_dir():
         return None
-    return (Path(root) / MARKER_NAME).exists()
+    return (root / MARKER_NAME).exists()
 
 
-def _dataset_identity(source: dict, synthetic: bool | None) -> tuple[str, str]:
-    """(name, type) of the dataset as the card's model-index names it."""
+UNVERIFIED_NAME = "Unverified data source (ChestX-ray14 file layout, not verified as NIH's release)"
+UNVERIFIED_TYPE = "unverified-data-source"
+
+
+def _dataset_identity(source: dict, synthetic: bool | None, verified: bool) -> tuple[str, str]:
+    """(name, type) of the dataset as the card's model-index names it: NIH ChestX-ray14 only
+    when the recorded split-list hashes are NIH's official ones."""
     kind = source.get("kind")
     if synthetic:
         return (
@@ -262,6 +288,8 @@ def _dataset_identity(source: dict, synthetic: bool | None) -> tuple[str, str]:
             "radiographs)",
             "synthetic-chestx-ray14-layout",
         )
+    if kind in NIH_KINDS and not verified:
+        return UNVERIFIED_NAME, UNVERIFIED_TYPE
     if kind == "nih":
         return "NIH ChestX-ray14", "nih-chestx-ray14"
     if kind == "hub_parquet":
@@ -271,18 +299,35 @@ def _dataset_identity(source: dict, synthetic: bool | None) -> tuple[str, str]:
     return "Unknown data source", "unknown"
 
 
-def split_descriptions(source: dict, synthetic: bool | None) -> dict[str, str]:
-    """How each split was defined, in words that cannot be mistaken for another split."""
+def _official_test_words(source: dict) -> str:
+    """'official test_list.txt', saying so when only part of the list was indexed."""
+    indexed = (source.get("counts") or {}).get("test")
+    listed = OFFICIAL_SPLIT_IMAGES["test_list"]
+    if indexed is None or indexed == listed:
+        return "official test_list.txt"
+    return f"official test_list.txt, the {indexed:,} of its {listed:,} images indexed"
+
+
+def split_descriptions(
+    source: dict, synthetic: bool | None, verified: bool = False
+) -> dict[str, str]:
+    """How each split was defined, in words that cannot be mistaken for another split: the
+    lists are called official only when their hashes are NIH's."""
     kind = source.get("kind")
-    if kind in ("nih", "hub_parquet"):
+    if kind in NIH_KINDS:
 
         def named(file: str) -> str:
-            return f"{file} of the synthetic set" if synthetic else f"official {file}"
+            if synthetic:
+                return f"{file} of the synthetic set"
+            if verified:
+                return f"official {file}"
+            return f"{file} of an unverified data source"
 
+        # `verified` implies not synthetic (verify_nih_source requires synthetic False).
         val_fraction, seed = source.get("val_fraction", 0), source.get("seed")
         return {
-            "test": named("test_list.txt"),
-            "val": f"{val_fraction:.0%} of the patients in {'' if synthetic else 'the '}"
+            "test": _official_test_words(source) if verified else named("test_list.txt"),
+            "val": f"{val_fraction:.0%} of the patients in {'the ' if verified else ''}"
             f"{named('train_val_list.txt')}, seed {seed}",
             "train": f"{named('train_val_list.txt')} minus the validation patients",
         }
@@ -296,12 +341,18 @@ def split_descriptions(source: dict, synthetic: bool | None) -> dict[str, str]:
     return {split: f"{split} split of an unrecorded source" for split in ("train", "val", "test")}
 
 
-def data_section(training: dict, metrics_by_split: dict[str, dict]) -> dict[str, Any]:
-    """Where the data came from, how it was split (with file hashes) and what was evaluated."""
+def data_section(
+    training: dict, metrics_by_split: dict[str, dict], run: Path | None = None
+) -> dict[str, Any]:
+    """Where the data came from, whether it is verified as NIH's release, how it was split (with
+    file hashes) and what was evaluated. Only what the run recorded is read (and, for runs older
+    than that record, the data folder when `run` leads to it): never the current directory."""
     source = training.get("data_source", {})
-    synthetic = _is_synthetic(source)
-    name, dataset_type = _dataset_identity(source, synthetic)
-    descriptions = split_descriptions(source, synthetic)
+    synthetic = _is_synthetic(source, training, run)
+    verification = verify_nih_source({**source, "synthetic": synthetic})
+    verified = bool(verification["verified"])
+    name, dataset_type = _dataset_identity(source, synthetic, verified)
+    descriptions = split_descriptions(source, synthetic, verified)
     # File names, not local paths: the hashes identify the files; a home directory identifies no one
     # useful and says where the author keeps things.
     split_files = {
@@ -318,6 +369,7 @@ def data_section(training: dict, metrics_by_split: dict[str, dict]) -> dict[str,
         "dataset_name": name,
         "dataset_type": dataset_type,
         "synthetic": synthetic,
+        "verification": verification,
         "hub_repo_id": source.get("hub_repo_id"),
         "dataset_revision": source.get("hub_revision") or source.get("revision"),
         "split_files": split_files,
@@ -451,7 +503,7 @@ def _write_folder(
         shutil.copyfile(
             run / split / SUBGROUPS_FILE, staging / RESULTS_DIR / split / SUBGROUPS_FILE
         )
-    data = data_section(model_config.get("training", {}), metrics_by_split)
+    data = data_section(model_config.get("training", {}), metrics_by_split, run)
     config = {**model_config, DATA_KEY: data, PUBLICATION_KEY: publication}
     write_json_atomic(staging / "config.json", without_local_paths(config))
     if figures:
@@ -508,22 +560,3 @@ def build_model_folder(
         raise
     replace_folder(staging, out)
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Token
-# ----------------------------------------------------------------------------------------------
-
-
-# ----------------------------------------------------------------------------------------------
-# Pushing a model folder
-# ----------------------------------------------------------------------------------------------
-
-
-# ----------------------------------------------------------------------------------------------
-# Uploads during training
-# ----------------------------------------------------------------------------------------------
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from PIL import Image
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, OUTPUTS
 from chexvision_lib.core.predictions import read_predictions
 from chexvision_lib.data.batches import CachedSplit
+from chexvision_lib.data.provenance import verify_nih_source
 from chexvision_lib.explain.gradcam import (
     grad_cam,
     localisation_scores,
@@ -32,12 +33,11 @@ BBOX_NAMES = ("BBox_List_2017.csv", "BBox_List_2017.csv.gz")
 
 
 def split_label(metrics: dict, run_config: dict) -> str:
-    """How figures name the split: "official" only when the data really is NIH's release."""
+    """How figures name the split: "official" only when the recorded hashes are NIH's release."""
     source = run_config.get("data_source", {})
-    synthetic = (Path(source.get("root", "")) / "synthetic_nih.json").exists()
-    if synthetic:
+    if source.get("synthetic"):
         return f"synthetic NIH-layout data, {metrics['split']} split"
-    if source.get("kind") in ("nih", "hub_parquet") and metrics["split"] == "test":
+    if verify_nih_source(source)["verified"] and metrics["split"] == "test":
         return "official test split (test_list.txt)"
     return f"{metrics['split']} split"
 
