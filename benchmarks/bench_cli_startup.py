@@ -24,11 +24,14 @@ COMMANDS = {
     "import chexvision_lib": ["-c", "import chexvision_lib"],
     "import torch (yardstick)": ["-c", "import torch"],
 }
-# Prints, after the command's own output, whether torch is loaded and the peak RSS in MB.
+# Prints, after the command's own output, whether torch is loaded and the peak RSS in MB. VmHWM,
+# not getrusage: ru_maxrss survives exec, so it would report this (torch-loaded) parent's peak.
 PROBE = (
-    "import atexit, resource, sys\n"
-    "atexit.register(lambda: print('\\nPROBE', 'torch' in sys.modules,"
-    " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr))\n"
+    "import atexit, sys\n"
+    "def _probe():\n"
+    "    hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+    "    print('\\nPROBE', 'torch' in sys.modules, int(hwm.split()[1]) // 1024, file=sys.stderr)\n"
+    "atexit.register(_probe)\n"
 )
 
 
