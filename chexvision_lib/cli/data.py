@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def run_synth(args: argparse.Namespace) -> None:
@@ -33,7 +34,42 @@ def run_prepare(args: argparse.Namespace) -> None:
         ignore_disk_budget=args.ignore_disk_budget,
     )
     info = json.loads((folder / "cache.json").read_text())
-    print(f"cache ready: {folder} ({info['n']} images at {args.size}px, {info['n_failed']} failed)")
+    print(f"cache ready: {folder} ({info['n']} images at {args.size}px)")
+    for line in skipped_report(folder, info):
+        print(line)
+
+
+def skipped_report(folder: Path, info: dict) -> list[str]:
+    """What the cache leaves out, by kind: images the index skipped (missing files, other views,
+    names in no split list) and images that could not be decoded (listed in failed.csv)."""
+    import pandas as pd
+
+    lines = [
+        f"  skipped {count:,} {kind.replace('_', ' ')}"
+        for kind, count in sorted(info.get("source", {}).get("skipped", {}).items())
+        if count
+    ]
+    failed = folder / "failed.csv"
+    if info.get("n_failed") and failed.exists():
+        # "PATH: not a readable image (detail)" -> "not a readable image": one line a kind
+        errors = pd.read_csv(failed)["error"].astype(str)
+        detail = errors.str.split(": ", n=1, regex=False).str[-1]
+        reasons = detail.str.split(" (", regex=False).str[0].str.strip()
+        for reason, count in reasons.value_counts().items():
+            lines.append(f"  failed to decode {count:,}: {reason}")
+        lines.append(f"  (the failed images and why: {failed})")
+    return lines or ["  nothing skipped"]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse names the flag in its message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -70,7 +106,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--clahe", action="store_true", help="apply CLAHE once, at cache time")
     p.add_argument(
-        "--workers", type=int, default=None, help="decode processes (default: the cores, <= 16)"
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="decode processes, at least 1 (default: the cores, <= 16)",
     )
     p.add_argument(
         "--ignore-disk-budget",

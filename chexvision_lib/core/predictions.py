@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from chexvision_lib.core.labels import ABNORMAL, OUTPUTS
+from chexvision_lib.core.text_files import read_table
 
 METADATA_COLUMNS = ("image_id", "patient", "age", "sex", "view")
 
@@ -36,7 +37,7 @@ def predictions_frame(
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, dtype={"patient": str, "image_id": str})
+    frame = read_table(path, dtype={"patient": str, "image_id": str})
     missing = [
         c
         for c in ("image_id", "patient", prob_column(ABNORMAL), label_column(ABNORMAL))

@@ -15,6 +15,7 @@ import pandas as pd
 
 from chexvision_lib.core.hashing import file_sha256
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, UNKNOWN
+from chexvision_lib.core.text_files import read_table
 from chexvision_lib.data.nih_index import IMAGE_SUFFIXES, INDEX_COLUMNS, split_counts
 from chexvision_lib.data.provenance import holds_synthetic_marker
 from chexvision_lib.data.splits import grouped_split
@@ -58,7 +59,7 @@ def _folder_table(root: Path, patient_pattern: str | None) -> pd.DataFrame:
 
 
 def _csv_table(csv_path: Path) -> pd.DataFrame:
-    raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    raw = read_table(csv_path, dtype=str, keep_default_na=False)
     for column in ("path", "label"):
         if column not in raw.columns:
             raise ValueError(

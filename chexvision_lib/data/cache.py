@@ -536,6 +536,13 @@ def _decode_all(
     return failures
 
 
+def _without_skip_bad(plan: dict) -> dict:
+    """The plan as the decoded pixels depend on it: skipping bad files changes which images are
+    kept, never the pixels of the others, so a rerun with --skip-bad reuses them."""
+    settings = {k: v for k, v in plan["settings"].items() if k != "skip_bad"}
+    return {**plan, "settings": settings}
+
+
 def prepare_cache(
     table: pd.DataFrame,
     out: str | Path,
@@ -580,11 +587,15 @@ def prepare_cache(
             "choose another --out folder"
         )
     resuming = settings_path.exists()
-    if resuming and json.loads(settings_path.read_text()) != plan:
-        raise ValueError(
-            f"{out} holds an interrupted prepare of a different table or settings; "
-            "delete the folder or choose another --out"
-        )
+    if resuming:
+        previous = json.loads(settings_path.read_text())
+        if _without_skip_bad(previous) != _without_skip_bad(plan):
+            raise ValueError(
+                f"{out} holds an interrupted prepare of a different table or settings; "
+                "delete the folder or choose another --out"
+            )
+        if previous != plan:  # a prepare that stopped on a bad file, rerun with --skip-bad
+            write_json_atomic(settings_path, plan)
 
     index_text = table.to_csv(index=False)
     todo = _allocate(

@@ -25,6 +25,7 @@ import pandas as pd
 
 from chexvision_lib.core.hashing import file_sha256
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, parse_finding_labels
+from chexvision_lib.core.text_files import read_table
 from chexvision_lib.data.provenance import content_sha256
 from chexvision_lib.data.splits import carve_validation, check_patient_disjoint, read_split_list
 from chexvision_lib.data.synthetic import MARKER_NAME
@@ -104,7 +105,7 @@ def read_data_entry(csv_path: str | Path) -> pd.DataFrame:
     `path` are filled in by `build_nih_index`. Errors name the file and the CSV row (1 = header).
     """
     csv_path = Path(csv_path)
-    raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    raw = read_table(csv_path, dtype=str, keep_default_na=False)
     # Kaggle's 2017 copy ends every line with a comma: an empty, unnamed trailing column.
     raw = raw.loc[:, [c for c in raw.columns if not c.startswith("Unnamed:")]]
     missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
@@ -114,11 +115,15 @@ def read_data_entry(csv_path: str | Path) -> pd.DataFrame:
         )
     sex_column = next((c for c in SEX_COLUMNS if c in raw.columns), None)
 
-    duplicated = raw["Image Index"].duplicated()
+    # Compared as they are used (stripped): "a.png" and "a.png " are the same image.
+    names = raw["Image Index"].str.strip()
+    duplicated = names.duplicated()
     if duplicated.any():
         first = int(duplicated.to_numpy().nonzero()[0][0])
+        earlier = int((names == names.iloc[first]).to_numpy().nonzero()[0][0])
         raise ValueError(
-            f"{csv_path}, row {first + 2}: image {raw['Image Index'].iloc[first]!r} appears twice"
+            f"{csv_path}, row {first + 2}: image {raw['Image Index'].iloc[first]!r} appears "
+            f"twice (also row {earlier + 2}, as {raw['Image Index'].iloc[earlier]!r})"
         )
 
     labels = []

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chexvision_lib.core.text_files import read_text
+
 
 class SplitLeakError(ValueError):
     """A patient appears in more than one split."""
@@ -18,7 +20,7 @@ class SplitLeakError(ValueError):
 
 def read_split_list(path: str | Path) -> list[str]:
     """Image names of an NIH split list (one per line; the official files lack a final newline)."""
-    names = [line.strip() for line in Path(path).read_text().splitlines()]
+    names = [line.strip() for line in read_text(path).splitlines()]
     names = [name for name in names if name]
     if len(set(names)) != len(names):
         seen: set[str] = set()

@@ -19,6 +19,7 @@ import pandas as pd
 
 from chexvision_lib.core.labels import ABNORMAL
 from chexvision_lib.core.predictions import prob_column
+from chexvision_lib.core.text_files import read_table, read_text
 from chexvision_lib.evaluation.metrics import bootstrap_auc
 
 # Each expert category is scored by the highest probability among the NIH findings it covers.
@@ -33,7 +34,7 @@ GOOGLE_MAPPING: dict[str, tuple[str, ...]] = {
 
 def read_google_labels(path: str | Path) -> pd.DataFrame:
     """image_id + one 0/1 column per mapped category (YES/NO in the file)."""
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = read_table(path, dtype=str, keep_default_na=False)
     missing = [c for c in ("Image Index", *GOOGLE_MAPPING) if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: not a Google expert label file (missing {missing})")
@@ -57,7 +58,7 @@ def read_google_labels(path: str | Path) -> pd.DataFrame:
 def read_binary_labels(path: str | Path) -> pd.DataFrame:
     """A Tang-style label list: `image 0|1` per line -> image_id, label."""
     rows = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = [p for p in re.split(r"[\s,]+", line.strip()) if p]
