@@ -14,7 +14,7 @@ from conftest import REPO, realdata, write_tiny_nih
 from PIL import Image
 
 from chexvision_lib.data.batches import BatchLoader, CachedSplit
-from chexvision_lib.data.cache import IncompleteCacheError, open_cache, prepare_cache
+from chexvision_lib.data.cache import CHUNK, IncompleteCacheError, open_cache, prepare_cache
 from chexvision_lib.data.hub_parquet import build_hub_index
 from chexvision_lib.data.image_io import ImageDecodeError, load_grey
 from chexvision_lib.data.nih_index import build_nih_index
@@ -61,9 +61,27 @@ def _big_nih(root: Path, n: int) -> Path:
     return root
 
 
-def test_killed_prepare_resumes_to_an_identical_cache(tmp_path: Path):
-    root = _big_nih(tmp_path / "nih", 120)
-    reference = prepare(root, tmp_path / "reference", size=64, workers=1, progress=False)
+# When the kill lands, by the number of images marked done (of 240, chunks of CHUNK).
+KILL_POINTS = {
+    "first-chunk": lambda done: done == 0,
+    "middle": lambda done: 10 < done < 200,
+    "last-chunk": lambda done: 240 - CHUNK <= done < 240,
+}
+
+
+@pytest.fixture(scope="module")
+def big_nih_and_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("kill")
+    root = _big_nih(tmp / "nih", 240)
+    return root, prepare(root, tmp / "reference", size=64, workers=1, progress=False)
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_killed_prepare_resumes_to_an_identical_cache(
+    tmp_path: Path, point: str, big_nih_and_reference: tuple[Path, Path]
+):
+    n = 240
+    root, reference = big_nih_and_reference
     target = tmp_path / "killed"
     code = (
         f"from chexvision_lib.data.prepare import prepare; "
@@ -71,15 +89,17 @@ def test_killed_prepare_resumes_to_an_identical_cache(tmp_path: Path):
     )
     process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True)
     deadline = time.time() + 60
-    while time.time() < deadline:
+    while time.time() < deadline and process.poll() is None:
         done = target / "done.u8"
-        if done.exists() and 10 < np.fromfile(done, np.uint8).sum() < 100:
+        if done.exists() and KILL_POINTS[point](int(np.fromfile(done, np.uint8).sum())):
             break
-        time.sleep(0.02)
+        time.sleep(0.002)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     finished = int(np.fromfile(target / "done.u8", np.uint8).sum())
-    assert 0 < finished < 120, "the kill should land mid-way"
+    if finished == n:
+        pytest.skip(f"the kill came after the last chunk ({point}); nothing to resume")
+    assert KILL_POINTS[point](finished) or point != "first-chunk", finished
     with pytest.raises(IncompleteCacheError, match="interrupted prepare"):
         open_cache(target)
     prepare(root, target, size=64, workers=2, progress=False)

@@ -131,6 +131,9 @@ def test_killed_run_resumes_to_the_same_weights_and_history(cache: Path, tmp_pat
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert load_checkpoint(checkpoint)["state"]["progress"]["epoch"] < 3, "killed before the end"
+    # As if the kill had also landed while the next checkpoint was being written: a torn
+    # temporary file beside the last complete one, which resume must ignore.
+    checkpoint.with_name("last.pt.tmp").write_bytes(checkpoint.read_bytes()[:4096])
     fit(config, resume=True, show_progress=False)
     a = pd.read_csv(reference / "history.csv").drop(columns=TIMING_COLUMNS)
     b = pd.read_csv(killed / "history.csv").drop(columns=TIMING_COLUMNS)
