@@ -8,13 +8,17 @@ The backbone turns the image into a feature map; the heads are global average po
 and one linear layer per head. `ChestClassifier` is a Hugging Face `PyTorchModelHubMixin`, so
 `save_pretrained(folder)` writes model.safetensors + config.json (constructor arguments plus the
 preprocessing spec) and `ChestClassifier.from_pretrained(folder)` rebuilds and loads it, strictly
-and without unpickling anything.
+and without unpickling anything. Loading checks config.json against this package first (label
+order, input size, normalisation, architecture, thresholds) and the weights' names and shapes
+against the rebuilt model: a folder that disagrees is refused, naming the field.
 
 ImageNet weights are used only when asked for and only from local files: nothing here downloads.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import pickle
 import re
 import warnings
@@ -407,6 +411,215 @@ def _validate_arguments(
 
 
 WEIGHTS_FILE = "model.safetensors"  # the one weights file a model folder holds
+CONFIG_FILE = "config.json"  # what save_pretrained writes beside it
+
+
+# --------------------------------------------------------------------------------------------
+# Model folder checks: config.json must describe what this package would save for the model it
+# rebuilds, and the weights must be that model's, tensor for tensor.
+# --------------------------------------------------------------------------------------------
+class ModelFolderError(ValueError):
+    """A model folder (or Hub repo) whose config.json or weights are not what they must be."""
+
+
+_MISSING = object()
+_NORMALISATION_TOLERANCE = 1e-6
+
+
+def _shown(value: Any) -> str:
+    if value is _MISSING:
+        return "missing"
+    text = json.dumps(value) if isinstance(value, list | dict | str) else repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _field_error(where: str, field: str, value: Any, expected: str) -> ModelFolderError:
+    return ModelFolderError(
+        f"{where}/{CONFIG_FILE}: {field} is {_shown(value)}; expected {expected}"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_model_config(path: Path, where: str) -> dict[str, Any]:
+    """config.json of a model folder as a dict, or an error naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{where}: no {CONFIG_FILE} (a model folder holds {CONFIG_FILE} + {WEIGHTS_FILE}, "
+            "as save_pretrained writes them)"
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFolderError(
+            f"{where}/{CONFIG_FILE} is not valid JSON ({error}); expected the JSON object that "
+            "save_pretrained writes"
+        ) from None
+    if not isinstance(config, dict):
+        raise ModelFolderError(
+            f"{where}/{CONFIG_FILE} holds a JSON {type(config).__name__}; expected an object of "
+            "the model's settings (arch, image_size, preprocessing, ...)"
+        )
+    return config
+
+
+def _outputs_problem(found: Any, expected: tuple[str, ...]) -> str | None:
+    """How a config's output names differ from the head's columns; None when they do not."""
+    if not isinstance(found, list) or not all(isinstance(name, str) for name in found):
+        return f"is {_shown(found)}, not a list of output names"
+    if found == list(expected):
+        return None
+    missing = [name for name in expected if name not in found]
+    unknown = [name for name in found if name not in expected]
+    repeated = sorted({name for name in found if found.count(name) > 1})
+    problems = [f"lacks {', '.join(missing)}"] if missing else []
+    problems += [f"has unknown {', '.join(map(repr, unknown))}"] if unknown else []
+    problems += [f"repeats {', '.join(repeated)}"] if repeated else []
+    if not problems:  # the same names in another order
+        i = next(i for i, (a, b) in enumerate(zip(found, expected, strict=True)) if a != b)
+        problems.append(
+            f"lists the outputs in another order (position {i} is {found[i]!r}, where the model's "
+            f"column {i} is {expected[i]!r})"
+        )
+    return "; ".join(problems)
+
+
+def check_model_config(config: dict[str, Any], where: str) -> None:
+    """Refuse a config.json that is not what this package saves for the model it describes.
+
+    `where` names the folder or Hub repo in the messages. Each message names the field and what
+    was expected: the architecture and head must be known, `preprocessing` must agree with the
+    constructor arguments and with this package's label order (labels.OUTPUTS) and the
+    architecture's normalisation, and thresholds must be probabilities, one per output.
+    """
+    arch = config.get("arch", _MISSING)
+    if not isinstance(arch, str) or arch not in _ARCHITECTURES:
+        raise _field_error(where, "arch", arch, f"one of {', '.join(MODEL_NAMES)}")
+    spec = _ARCHITECTURES[arch]
+    head = config.get("head", _MISSING)
+    if head not in HEADS:
+        raise _field_error(where, "head", head, f"one of {', '.join(HEADS)}")
+    in_chans = config.get("in_chans", _MISSING)
+    if not _is_int(in_chans) or in_chans not in INPUT_CHANNELS:
+        raise _field_error(where, "in_chans", in_chans, "1 (grey) or 3 (RGB)")
+    image_size = config.get("image_size", _MISSING)
+    if not _is_int(image_size) or image_size < spec.min_image_size:
+        raise _field_error(
+            where,
+            "image_size",
+            image_size,
+            f"an integer >= {spec.min_image_size} (the smallest input {arch} accepts)",
+        )
+    dropout = config.get("dropout", 0.0)
+    if not _is_number(dropout) or not 0.0 <= dropout < 1.0:
+        raise _field_error(where, "dropout", dropout, "a number in [0, 1)")
+    _check_thresholds(config.get("thresholds"), where)
+
+    preprocessing = config.get("preprocessing", _MISSING)
+    if not isinstance(preprocessing, dict):
+        raise _field_error(
+            where,
+            "preprocessing",
+            preprocessing,
+            "an object with image_size, in_chans, mean, std and outputs",
+        )
+    outputs = OUTPUTS if head == "dual" else (ABNORMAL,)
+    problem = _outputs_problem(preprocessing.get("outputs", _MISSING), outputs)
+    if problem is not None:
+        raise ModelFolderError(
+            f"{where}/{CONFIG_FILE}: preprocessing.outputs {problem}; expected the {head} head's "
+            f"outputs in its column order: {json.dumps(list(outputs))}"
+        )
+    for field, value in (("image_size", image_size), ("in_chans", in_chans)):
+        found = preprocessing.get(field, _MISSING)
+        if not _is_int(found) or found != value:
+            raise _field_error(where, f"preprocessing.{field}", found, f"{value}, as {field}")
+    family = spec.normalisation
+    for field, values in zip(("mean", "std"), _normalisation(family, in_chans), strict=True):
+        found = preprocessing.get(field, _MISSING)
+        if (
+            not isinstance(found, list)
+            or len(found) != in_chans
+            or not all(_is_number(v) for v in found)
+            or any(
+                abs(a - b) > _NORMALISATION_TOLERANCE for a, b in zip(found, values, strict=True)
+            )
+        ):
+            raise _field_error(
+                where,
+                f"preprocessing.{field}",
+                found,
+                f"{json.dumps(values)} (the {family} normalisation of {arch}, one number per "
+                f"input channel, in_chans {in_chans})",
+            )
+
+
+def _check_thresholds(thresholds: Any, where: str) -> None:
+    if thresholds is None:
+        return
+    if not isinstance(thresholds, list) or len(thresholds) != len(OUTPUTS):
+        raise _field_error(
+            where,
+            "thresholds",
+            thresholds,
+            f"null or a list of {len(OUTPUTS)} values, one per output in labels.OUTPUTS order",
+        )
+    for i, threshold in enumerate(thresholds):
+        if threshold is not None and not (_is_number(threshold) and 0.0 <= threshold <= 1.0):
+            raise _field_error(
+                where,
+                f"thresholds[{i}] ({OUTPUTS[i]})",
+                threshold,
+                "a probability in [0, 1], or null where none was chosen",
+            )
+
+
+def check_weights(model: nn.Module, weights: Path, where: str, strict: bool = True) -> None:
+    """Refuse a safetensors file whose tensor names or shapes are not `model`'s.
+
+    Reads only the file's header. Shape mismatches are always refused (they cannot be loaded);
+    missing and unexpected tensors are refused when `strict`.
+    """
+    try:
+        with safetensors.safe_open(str(weights), framework="pt") as handle:
+            names = handle.keys()  # a safe_open handle is not a mapping: no `in handle`
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in names}
+    except (safetensors.SafetensorError, OSError) as error:
+        raise ModelFolderError(
+            f"{where}/{WEIGHTS_FILE} is not a readable safetensors file ({error})"
+        ) from None
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    reshaped = sorted(k for k in expected.keys() & shapes.keys() if expected[k] != shapes[k])
+    missing = sorted(expected.keys() - shapes.keys()) if strict else []
+    unexpected = sorted(shapes.keys() - expected.keys()) if strict else []
+
+    def listed(keys: list[str], describe: Callable[[str], str] = str) -> str:
+        more = f"; and {len(keys) - 5} more" if len(keys) > 5 else ""
+        return "[" + "; ".join(describe(key) for key in keys[:5]) + more + "]"
+
+    problems = []
+    if reshaped:
+        problems.append(
+            f"{len(reshaped)} tensor(s) of another shape "
+            + listed(reshaped, lambda k: f"{k} {shapes[k]} in the file, {expected[k]} expected")
+        )
+    if missing:
+        problems.append(f"{len(missing)} missing {listed(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected {listed(unexpected)}")
+    if problems:
+        config = {name: getattr(model, name, None) for name in ("arch", "head", "in_chans")}
+        described = ", ".join(f"{name} {value!r}" for name, value in config.items())
+        raise ModelFolderError(
+            f"{where}/{WEIGHTS_FILE} does not fit the model its {CONFIG_FILE} describes "
+            f"({described}): {'; '.join(problems)}"
+        )
 
 
 class ChestClassifier(
@@ -524,6 +737,49 @@ class ChestClassifier(
         return super().save_pretrained(save_directory, config=full_config, **kwargs)
 
     @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        **model_kwargs: Any,
+    ) -> ChestClassifier:
+        """Load a model folder or Hub repo, refusing one whose config.json or weights disagree
+        with this package (ModelFolderError, a ValueError naming the folder, file and field)."""
+        model_id = str(pretrained_model_name_or_path)
+        local = Path(model_id).is_dir()
+        where = model_id if local or revision is None else f"{model_id}@{revision}"
+        if local:
+            config_path = Path(model_id) / CONFIG_FILE
+        else:
+            config_path = Path(
+                hf_hub_download(
+                    repo_id=model_id,
+                    filename=CONFIG_FILE,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    force_download=force_download,
+                    token=token,
+                    local_files_only=local_files_only,
+                )
+            )
+        check_model_config(read_model_config(config_path, where), where)
+        # The mixin reads config.json again (from the Hub's cache for a repo) to rebuild.
+        return super().from_pretrained(
+            model_id,
+            force_download=force_download,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            revision=revision,
+            **model_kwargs,
+        )
+
+    @classmethod
     def _from_pretrained(
         cls,
         *,
@@ -544,11 +800,13 @@ class ChestClassifier(
         (which would corrupt `chexvision predict --json`).
         """
         model = cls(**model_kwargs)
-        if Path(model_id).is_dir():
+        local = Path(model_id).is_dir()
+        where = model_id if local or revision is None else f"{model_id}@{revision}"
+        if local:
             weights = Path(model_id) / WEIGHTS_FILE
             if not weights.is_file():
                 raise FileNotFoundError(
-                    f"{model_id}: no model.safetensors (pickled checkpoints are not loaded)"
+                    f"{where}: no {WEIGHTS_FILE} (pickled checkpoints are not loaded)"
                 )
         else:
             weights = Path(
@@ -562,14 +820,8 @@ class ChestClassifier(
                     local_files_only=local_files_only,
                 )
             )
-        missing, unexpected = safetensors.torch.load_model(
-            model, weights, strict=False, device=str(map_location)
-        )
-        if strict and (missing or unexpected):
-            raise RuntimeError(
-                f"{weights}: weights do not match the architecture in config.json "
-                f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
-            )
+        check_weights(model, weights, where, strict)
+        safetensors.torch.load_model(model, weights, strict=strict, device=str(map_location))
         return model.eval()
 
 
