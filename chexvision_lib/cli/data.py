@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from chexvision_lib.cli.arguments import at_least_one
+
 
 def run_synth(args: argparse.Namespace) -> None:
     from chexvision_lib.data.synthetic import write_synthetic_nih
@@ -61,17 +63,6 @@ def skipped_report(folder: Path, info: dict) -> list[str]:
     return lines or ["  nothing skipped"]
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (argparse names the flag in its message)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
 def add_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("synth", help="write the built-in synthetic NIH-layout dataset")
     p.add_argument("out", help="folder to write (Data_Entry CSV, split lists, boxes, images)")
@@ -107,7 +98,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--clahe", action="store_true", help="apply CLAHE once, at cache time")
     p.add_argument(
         "--workers",
-        type=positive_int,
+        type=at_least_one("decode processes"),
         default=None,
         help="decode processes, at least 1 (default: the cores, <= 16)",
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from chexvision_lib.cli.arguments import one_line_errors
+
 DEFAULT_INTERVAL = 60
 KAGGLE_SESSION_LIMIT = 43200  # 12 h
 
@@ -157,3 +159,5 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("kernel", metavar="OWNER/SLUG", help="the kernel")
     p.add_argument("--out", required=True, help="folder for the files")
     p.set_defaults(func=run_output)
+    for action in actions.choices.values():
+        one_line_errors(action)

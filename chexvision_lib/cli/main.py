@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from chexvision_lib.cli import data, evaluate, kaggle, predict, publish, serve, study, train
+from chexvision_lib.cli.arguments import one_line_errors
 from chexvision_lib.cli.errors import debug_requested, is_user_error, report
 
 COMMAND_GROUPS = (data, train, evaluate, predict, publish, kaggle, study, serve)
@@ -25,8 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in COMMAND_GROUPS:
         group.add_commands(commands)
-    for command in commands.choices.values():  # `chexvision CMD ... --debug` works too
-        command.add_argument(
+    one_line_errors(parser)
+    for command in commands.choices.values():
+        one_line_errors(command)
+        command.add_argument(  # `chexvision CMD ... --debug` works too
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
     return parser

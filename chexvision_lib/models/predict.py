@@ -10,14 +10,21 @@ a file scores exactly as its cached copy does in `evaluate`. Three things make i
   the weights on a CPU (autocast elsewhere): the model alone ~1.5-2x fp32 on an AVX512-BF16 CPU,
   probabilities moved by up to ~3e-3 (benchmarks/README.md); amp="off" (the default) is fp32 and
   exact.
+
+An unreadable file never costs the others their scores: `score_files` yields one `ScoredBatch` per
+batch as it finishes, where a file `load_grey` refuses is a row with NaN probabilities, `abnormal`
+empty (pandas NA) and the reason in `error` ("" for scored rows). `predict_images` collects them
+and raises an ImageDecodeError naming every unreadable file unless `skip_bad=True`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections import deque
+import numbers
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,37 +36,57 @@ from chexvision_lib.core.disclaimer import DISCLAIMER
 from chexvision_lib.core.labels import ABNORMAL, NUM_FINDINGS, OUTPUTS
 from chexvision_lib.core.predictions import prob_column
 from chexvision_lib.data.batches import BatchLoader, normalise, to_device
-from chexvision_lib.data.image_io import load_grey
+from chexvision_lib.data.image_io import ImageDecodeError, load_grey
 from chexvision_lib.models.registry import ChestClassifier
 from chexvision_lib.runtime import distributed
 from chexvision_lib.runtime.devices import autocast_dtype
 
-__all__ = ["predict_images", "predict_arrays", "DISCLAIMER"]
+__all__ = [
+    "predict_images",
+    "predict_arrays",
+    "score_files",
+    "ScoredBatch",
+    "prediction_columns",
+    "failure_summary",
+    "DISCLAIMER",
+]
 
 # How many batches are decoded ahead of the one the model is scoring.
 DECODE_AHEAD = 2
 
 
+def _load_or_error(path: str | Path, size: int) -> np.ndarray | ImageDecodeError:
+    try:
+        return load_grey(path, size)
+    except ImageDecodeError as error:
+        return error
+
+
 def _decoded_batches(
     paths: Sequence[str | Path], size: int, batch_size: int, workers: int
-) -> Iterator[np.ndarray]:
-    """uint8 (B, size, size) batches in order, `DECODE_AHEAD` batches decoded ahead."""
+) -> Iterator[list[np.ndarray | ImageDecodeError]]:
+    """Per batch, in order: each file's uint8 (size, size) pixels or the ImageDecodeError that
+    refused it; `DECODE_AHEAD` batches decoded ahead. Stopping early (an interrupt, the consumer
+    closing the generator) cancels the batches not yet started."""
     starts = iter(range(0, len(paths), batch_size))
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: deque[list[Future]] = deque()
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    pending: deque[list[Future]] = deque()
 
-        def submit_next() -> None:
-            start = next(starts, None)
-            if start is not None:
-                chunk = paths[start : start + batch_size]
-                pending.append([pool.submit(load_grey, p, size) for p in chunk])
+    def submit_next() -> None:
+        start = next(starts, None)
+        if start is not None:
+            chunk = paths[start : start + batch_size]
+            pending.append([pool.submit(_load_or_error, p, size) for p in chunk])
 
+    try:
         for _ in range(DECODE_AHEAD + 1):
             submit_next()
         while pending:
             futures = pending.popleft()
             submit_next()
-            yield np.stack([future.result() for future in futures])
+            yield [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Scorer:
@@ -100,6 +127,84 @@ def predict_arrays(model: ChestClassifier, pixels: np.ndarray, amp: str = "off")
     return _Scorer(model, amp)(pixels)
 
 
+def prediction_columns() -> list[str]:
+    """The columns of `predict_images` / `chexvision predict`, in order."""
+    return ["image", *(prob_column(n) for n in OUTPUTS), "abnormal_threshold", "abnormal", "error"]
+
+
+@dataclass
+class ScoredBatch:
+    """One batch of `score_files`: its rows (`prediction_columns()`), and the errors of the files
+    that could not be read (also in the rows' `error` column)."""
+
+    frame: pd.DataFrame
+    failures: list[ImageDecodeError] = field(default_factory=list)
+
+
+def _check_whole_number(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+def score_files(
+    model: ChestClassifier,
+    paths: Sequence[str | Path],
+    *,
+    batch_size: int = 32,
+    workers: int = 2,
+    amp: str = "off",
+) -> Iterator[ScoredBatch]:
+    """Score image files a batch at a time, yielding each batch as soon as the model is done
+    with it (so a caller can write rows as they come). Files that cannot be read are rows with
+    NaN probabilities, `abnormal` NA and the ImageDecodeError's message in `error`. Bad
+    arguments raise here, before anything is decoded."""
+    _check_whole_number(batch_size, "batch_size")
+    _check_whole_number(workers, "workers")
+    return _score_batches(_Scorer(model, amp), model, list(paths), batch_size, workers)
+
+
+def _score_batches(
+    scorer: _Scorer, model: ChestClassifier, paths: list, batch_size: int, workers: int
+) -> Iterator[ScoredBatch]:
+    size = model.preprocessing["image_size"]
+    threshold = model.thresholds[-1] if model.thresholds else None
+    start = 0
+    for decoded in _decoded_batches(paths, size, batch_size, workers):
+        readable = [k for k, item in enumerate(decoded) if isinstance(item, np.ndarray)]
+        probs = np.full((len(decoded), len(OUTPUTS)), np.nan)
+        if readable:
+            probs[readable] = scorer(np.stack([decoded[k] for k in readable]))
+        errors = ["" if isinstance(item, np.ndarray) else str(item) for item in decoded]
+        images = paths[start : start + len(decoded)]
+        start += len(decoded)
+        yield ScoredBatch(
+            _rows(images, probs, errors, threshold),
+            [item for item in decoded if isinstance(item, ImageDecodeError)],
+        )
+
+
+def _rows(
+    images: Sequence[str | Path], probs: np.ndarray, errors: list[str], threshold: float | None
+) -> pd.DataFrame:
+    frame = pd.DataFrame(probs, columns=[prob_column(n) for n in OUTPUTS])
+    frame.insert(0, "image", [str(p) for p in images])
+    frame["abnormal_threshold"] = threshold
+    cut = 0.5 if threshold is None else threshold
+    abnormal = probs[:, OUTPUTS.index(ABNORMAL)] >= cut
+    frame["abnormal"] = pd.array(
+        [pd.NA if error else bool(flag) for flag, error in zip(abnormal, errors, strict=True)],
+        dtype="boolean",
+    )
+    frame["error"] = errors
+    return frame
+
+
+def failure_summary(failures: Sequence[ImageDecodeError]) -> str:
+    """How many unreadable files of each kind, most common first: "2 truncated, 1 empty"."""
+    counts = Counter(getattr(error, "kind", "corrupt") for error in failures)
+    return ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
+
+
 def predict_images(
     model: ChestClassifier,
     paths: Sequence[str | Path],
@@ -107,19 +212,28 @@ def predict_images(
     batch_size: int = 32,
     workers: int = 2,
     amp: str = "off",
+    skip_bad: bool = False,
 ) -> pd.DataFrame:
-    """One row per image: path, 15 probabilities, and abnormal yes/no at the stored threshold."""
-    scorer = _Scorer(model, amp)
-    size = model.preprocessing["image_size"]
+    """One row per image: path, 15 probabilities, abnormal yes/no at the stored threshold, and
+    `error` ("" when scored).
+
+    Every file is tried. Unreadable ones raise an ImageDecodeError naming all of them, or with
+    `skip_bad` stay as rows with NaN probabilities, `abnormal` NA and the reason in `error`.
+    """
     paths = list(paths)
-    rows = [scorer(batch) for batch in _decoded_batches(paths, size, batch_size, workers)]
-    probs = np.concatenate(rows) if rows else np.zeros((0, len(OUTPUTS)))
-    frame = pd.DataFrame(probs, columns=[prob_column(n) for n in OUTPUTS])
-    frame.insert(0, "image", [str(p) for p in paths])
-    threshold = model.thresholds[-1] if model.thresholds else None
-    frame["abnormal_threshold"] = threshold
-    frame["abnormal"] = frame[prob_column(ABNORMAL)] >= (0.5 if threshold is None else threshold)
-    return frame
+    batches = list(score_files(model, paths, batch_size=batch_size, workers=workers, amp=amp))
+    failures = [error for batch in batches for error in batch.failures]
+    if failures and not skip_bad:
+        kinds = {error.kind for error in failures}
+        raise ImageDecodeError(
+            f"{len(failures)} of {len(paths)} files could not be read "
+            f"({failure_summary(failures)}): " + "; ".join(str(error) for error in failures),
+            kind=kinds.pop() if len(kinds) == 1 else "corrupt",
+        )
+    if not batches:
+        threshold = model.thresholds[-1] if model.thresholds else None
+        return _rows([], np.zeros((0, len(OUTPUTS))), [], threshold)
+    return pd.concat([batch.frame for batch in batches], ignore_index=True)
 
 
 @torch.no_grad()
