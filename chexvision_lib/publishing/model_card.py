@@ -5,7 +5,8 @@ Every number on the card is read from the files that ship beside it: results/<sp
 folder), config.json (thresholds, preprocessing, the resolved training config, the data section)
 and, when present, results/<split>/subgroups.csv. Nothing is recomputed or re-rounded elsewhere:
 the YAML `model-index` carries the values exactly as metrics.json holds them, the tables show them
-to four (AUC) or three (rates) decimals.
+to four (AUC) or three (rates) decimals. The reporting checklist near its end (TRIPOD+AI / CLAIM,
+`publishing.checklist`) is filled from the same files.
 
 Model folder layout (written by `publish.build_model_folder`):
     README.md                      this card
@@ -29,6 +30,11 @@ from chexvision_lib import __version__
 from chexvision_lib.core.disclaimer import DISCLAIMER
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, OUTPUTS
 from chexvision_lib.evaluation.references import REFERENCES
+from chexvision_lib.publishing.checklist import (
+    INTENDED_USE_HEADING,
+    LIMITATIONS_HEADING,
+    checklist_rows,
+)
 
 RESULTS_DIR = "results"
 FIGURES_DIR = "figures"
@@ -141,6 +147,16 @@ class CardInputs:
 
     def split_description(self, split: str) -> str:
         return self.data.get("splits", {}).get(split, {}).get("description", f"{split} split")
+
+    @property
+    def metrics_file(self) -> str:
+        """The reported split's metrics.json, relative to the folder."""
+        return f"{RESULTS_DIR}/{self.split}/{METRICS_FILE}"
+
+    @property
+    def subgroups_file(self) -> str:
+        """The reported split's subgroups.csv (present or not), relative to the folder."""
+        return f"{RESULTS_DIR}/{self.split}/{SUBGROUPS_FILE}"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -441,7 +457,7 @@ def section_contents(inputs: CardInputs) -> str:
 def section_intended_use() -> str:
     return "\n".join(
         [
-            "## Intended use",
+            INTENDED_USE_HEADING,
             "",
             "- **Research:** reproducing and comparing chest X-ray classifiers on the official "
             "ChestX-ray14 split; studying label noise, shortcut learning, calibration and "
@@ -508,7 +524,7 @@ def section_limitations(inputs: CardInputs) -> str:
             + "; ".join(inputs.unverified_reasons())
             + ".",
         )
-    return "## Limitations\n\n" + "\n".join(items)
+    return f"{LIMITATIONS_HEADING}\n\n" + "\n".join(items)
 
 
 def _split_files_table(data: dict[str, Any]) -> str:
@@ -890,6 +906,41 @@ def section_how_to_use(inputs: CardInputs) -> str:
     )
 
 
+CHECKLIST_HEADING = "## Reporting checklist (TRIPOD+AI / CLAIM)"
+
+
+def _table_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def section_reporting_checklist(inputs: CardInputs, card_text: str) -> str:
+    """The TRIPOD+AI / CLAIM items, each filled from this folder's files (publishing.checklist);
+    `card_text` is the rest of the card, whose intended-use and limitations sections two items
+    point at."""
+    rows = [
+        [
+            _table_cell(row.item.title),
+            row.item.tripod_ai or "—",
+            row.item.claim or "—",
+            row.status,
+            _table_cell(row.evidence),
+        ]
+        for row in checklist_rows(inputs, card_text)
+    ]
+    return "\n".join(
+        [
+            CHECKLIST_HEADING,
+            "",
+            "Items of TRIPOD+AI (Collins et al., *BMJ* 2024;385:e078378) and CLAIM 2024 (Tejani et "
+            "al., *Radiology: Artificial Intelligence* 2024;6:e240300) that apply to a shared "
+            "model. Each is filled from this folder's own files: *not reported* means they hold "
+            "no evidence of it; — means that checklist has no item of its own for it.",
+            "",
+            markdown_table(["Item", "TRIPOD+AI", "CLAIM 2024", "Status", "Evidence"], rows),
+        ]
+    )
+
+
 def section_citation() -> str:
     return "\n".join(
         [
@@ -928,9 +979,10 @@ def card_body(inputs: CardInputs) -> str:
         section_figures(inputs),
         section_how_to_use(inputs),
         section_contents(inputs),
-        section_citation(),
     ]
-    return "\n\n".join(s for s in sections if s) + "\n"
+    body = "\n\n".join(s for s in sections if s)
+    checklist = section_reporting_checklist(inputs, body)
+    return "\n\n".join([body, checklist, section_citation()]) + "\n"
 
 
 def render_model_card(model_dir: str | Path, *, repo_id: str | None = None) -> str:
