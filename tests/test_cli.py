@@ -26,6 +26,7 @@ SUBCOMMANDS = (
     "report",
     "compare",
     "labels",
+    "score",
     "predict",
     "card",
     "push",

@@ -5,11 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chexvision_lib.cli import data, evaluate, kaggle, predict, publish, serve, study, train
+from chexvision_lib.cli import (
+    data,
+    evaluate,
+    kaggle,
+    predict,
+    publish,
+    score,
+    serve,
+    study,
+    train,
+)
 from chexvision_lib.cli.arguments import one_line_errors
 from chexvision_lib.cli.errors import debug_requested, is_user_error, report
 
-COMMAND_GROUPS = (data, train, evaluate, predict, publish, kaggle, study, serve)
+COMMAND_GROUPS = (data, train, evaluate, score, predict, publish, kaggle, study, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
