@@ -221,6 +221,7 @@ def test_save_pretrained_and_from_pretrained_round_trip(tmp_path: Path) -> None:
                 module.running_mean.uniform_(-0.1, 0.1)
     model.eval()
     model.thresholds = [0.1 * (i % 9) for i in range(14)] + [0.3]
+    model.temperatures = [1.0 + 0.1 * i for i in range(14)] + [None]
     model.save_pretrained(tmp_path, config={"best_epoch": 3, "arch": "ignored"})
 
     config = json.loads((tmp_path / "config.json").read_text())
@@ -238,12 +239,17 @@ def test_save_pretrained_and_from_pretrained_round_trip(tmp_path: Path) -> None:
             "outputs": list(OUTPUTS),
         },
         "thresholds": model.thresholds,
+        "temperatures": model.temperatures,
         "best_epoch": 3,
     }
     assert (tmp_path / "model.safetensors").is_file()
 
     loaded = ChestClassifier.from_pretrained(tmp_path)
     assert loaded.thresholds == model.thresholds
+    assert loaded.temperatures == model.temperatures
+    logits = torch.tensor([[2.0] * 15])
+    expected = torch.sigmoid(logits / torch.tensor([t or 1.0 for t in model.temperatures]))
+    torch.testing.assert_close(loaded.probabilities(logits), expected)
     assert not loaded.training
     assert loaded.preprocessing == model.preprocessing
     x = _batch(model)

@@ -21,6 +21,7 @@ from chexvision_lib.core.hashing import file_sha256
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, OUTPUTS
 from chexvision_lib.core.predictions import label_column, predictions_frame, prob_column
 from chexvision_lib.data.batches import BatchLoader, CachedSplit
+from chexvision_lib.evaluation.calibration import apply_temperature, calibration_summary
 from chexvision_lib.evaluation.metrics import (
     age_band,
     binary_metrics,
@@ -28,6 +29,7 @@ from chexvision_lib.evaluation.metrics import (
     per_class_auc,
     subgroup_table,
 )
+from chexvision_lib.evaluation.operating_points import operating_points_summary
 from chexvision_lib.models.loading import load_model
 from chexvision_lib.models.predict import predict_loader
 from chexvision_lib.models.registry import WEIGHTS_FILE
@@ -54,9 +56,16 @@ def metrics_from_predictions(
     split: str,
     n_resamples: int = 2000,
     seed: int = 0,
+    temperatures: list[float | None] | None = None,
 ) -> dict:
     """AUCs with patient-bootstrap 95% CIs, and operating-point metrics at the stored thresholds
-    and at 0.5, for each of the 15 outputs that has labels and probabilities."""
+    and at 0.5, for each of the 15 outputs that has labels and probabilities; calibration (Brier,
+    ECE, reliability) and sensitivity/specificity at fixed specificity/sensitivity, with CIs from
+    the same patient resamples.
+
+    `temperatures`: those the model applied to produce `frame`'s probabilities (config.json);
+    calibration is then reported before (the probabilities undone to the raw model's) and after.
+    """
     probs = frame[[prob_column(n) for n in OUTPUTS]].to_numpy(dtype=np.float64)
     labels = frame[[label_column(n) for n in OUTPUTS]].to_numpy(dtype=np.float64)
     usable = [
@@ -117,7 +126,41 @@ def metrics_from_predictions(
         result["binary"] = outputs[ABNORMAL].get(
             "at_validation_threshold", outputs[ABNORMAL]["at_0.5"]
         )
+    result.update(
+        calibration_and_operating_points(
+            labels, probs, patients, usable, temperatures, n_resamples, seed
+        )
+    )
     return _clean(result)
+
+
+def calibration_and_operating_points(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    patients: np.ndarray,
+    usable: list[int],
+    temperatures: list[float | None] | None,
+    n_resamples: int,
+    seed: int,
+) -> dict:
+    """metrics.json's "calibration" and "operating_points" for the usable outputs."""
+    names = [OUTPUTS[i] for i in usable]
+    if not names:
+        return {}
+    y, p = labels[:, usable], probs[:, usable]
+    options = {"names": names, "n_resamples": n_resamples, "seed": seed}
+    scaled = None
+    if temperatures is not None and any(temperatures[i] is not None for i in usable):
+        scaled = [temperatures[i] for i in usable]
+        # Undo the scaling the model applied: the "before" numbers are the raw model's.
+        inverse = [None if t is None else 1.0 / t for t in scaled]
+        p_raw = apply_temperature(p, inverse)
+    else:
+        p_raw = p
+    return {
+        "calibration": calibration_summary(y, p_raw, patients, temperatures=scaled, **options),
+        "operating_points": operating_points_summary(y, p, patients, **options),
+    }
 
 
 SUBGROUP_COLUMNS = ("sex", "age_band", "view")
@@ -225,7 +268,11 @@ def evaluate_run(
     frame.to_csv(out / "predictions.csv", index=False)
     subgroups_from_predictions(frame).to_csv(out / "subgroups.csv", index=False)
     metrics = metrics_from_predictions(
-        frame, model.thresholds, split=split, n_resamples=n_resamples
+        frame,
+        model.thresholds,
+        split=split,
+        n_resamples=n_resamples,
+        temperatures=model.temperatures,
     )
     model_config = json.loads((run / "model" / "config.json").read_text())
     # Which checkpoint produced these numbers: a model card may only quote metrics whose

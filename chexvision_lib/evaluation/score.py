@@ -504,27 +504,6 @@ def expert_labels(
     return rows, files
 
 
-def calibration_section(frame: pd.DataFrame, *, n_resamples: int, seed: int = 0) -> dict:
-    """HOOK for calibration (Brier, ECE, reliability), which evaluation/calibration.py provides
-    (being written alongside this module): the body is to become
-
-        scored = _scored_only(frame)
-        return calibration.calibration_summary(
-            scored[[label_column(n) for n in OUTPUTS]].to_numpy(),
-            scored[[prob_column(n) for n in OUTPUTS]].to_numpy(),
-            scored["patient"].to_numpy(), n_resamples=n_resamples, seed=seed,
-        ) | {"abnormal_derived": ...}
-
-    and the result lands in metrics.json as "calibration". A derived abnormal score (max of the
-    finding probabilities) is not a calibrated probability of abnormality: the entry should say
-    so when metrics["abnormal_derived"] is true.
-    """
-    return {
-        "computed": False,
-        "reason": "not yet wired to evaluation/calibration.py (score.calibration_section)",
-    }
-
-
 def compare_with_reference(frame: pd.DataFrame, reference: pd.DataFrame, path: Path) -> dict:
     shared = int(_isin(frame["image_id"], reference["image_id"]).sum())
     if not shared:
@@ -627,12 +606,16 @@ def score_predictions(
     metrics["split_check"] = check
     metrics["abnormal_derived"] = parsed.abnormal_derived
     metrics["abnormal_source"] = parsed.abnormal_source
-    metrics["operating_points"] = "at 0.5 only: no validation thresholds come with these scores"
+    metrics["thresholds_note"] = "at 0.5 only: no validation thresholds come with these scores"
     metrics["source"] = {
         "predictions": _source_entry(parsed, n_skipped),
         "metadata": _metadata_entry(metadata),
     }
-    metrics["calibration"] = calibration_section(frame, n_resamples=n_resamples, seed=seed)
+    if parsed.abnormal_derived and ABNORMAL in metrics.get("calibration", {}).get("outputs", {}):
+        metrics["calibration"]["outputs"][ABNORMAL]["note"] = (
+            "derived as the max of the finding probabilities: not a calibrated probability of "
+            "abnormality"
+        )
 
     expert = None
     if google is not None or binary:

@@ -115,7 +115,7 @@ class _Scorer:
             )
             x = x.to(self.input_dtype).contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                probs = torch.sigmoid(self.model(x).float())
+                probs = self.model.probabilities(self.model(x))
         out = np.full((len(pixels), len(OUTPUTS)), np.nan)
         out[:, -probs.shape[1] :] = probs.cpu().numpy()
         return out
@@ -254,12 +254,14 @@ def predict_loader(
     model.eval()
     device = loader.device
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    # A ChestClassifier applies its fitted temperatures; any other module, a plain sigmoid.
+    to_probabilities = model.probabilities if isinstance(model, ChestClassifier) else torch.sigmoid
     probs, positions = [], []
     for pixels, _, index in tqdm(loader, desc=desc, leave=False, disable=not show_progress):
         x = normalise(pixels, spec["mean"][0], spec["std"][0], spec["image_size"])
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x.contiguous(memory_format=memory_format))
-        probs.append(torch.sigmoid(logits.float()))
+        probs.append(to_probabilities(logits.float()))
         positions.append(to_device(index, device))
     p = torch.cat(probs) if probs else torch.zeros(0, 1, device=device)
     pos = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long, device=device)

@@ -520,6 +520,7 @@ def check_model_config(config: dict[str, Any], where: str) -> None:
     if not _is_number(dropout) or not 0.0 <= dropout < 1.0:
         raise _field_error(where, "dropout", dropout, "a number in [0, 1)")
     _check_thresholds(config.get("thresholds"), where)
+    _check_temperatures(config.get("temperatures"), where)
 
     preprocessing = config.get("preprocessing", _MISSING)
     if not isinstance(preprocessing, dict):
@@ -577,6 +578,26 @@ def _check_thresholds(thresholds: Any, where: str) -> None:
                 f"thresholds[{i}] ({OUTPUTS[i]})",
                 threshold,
                 "a probability in [0, 1], or null where none was chosen",
+            )
+
+
+def _check_temperatures(temperatures: Any, where: str) -> None:
+    if temperatures is None:
+        return
+    if not isinstance(temperatures, list) or len(temperatures) != len(OUTPUTS):
+        raise _field_error(
+            where,
+            "temperatures",
+            temperatures,
+            f"null or a list of {len(OUTPUTS)} values, one per output in labels.OUTPUTS order",
+        )
+    for i, temperature in enumerate(temperatures):
+        if temperature is not None and not (_is_number(temperature) and 0.0 < temperature < 1e3):
+            raise _field_error(
+                where,
+                f"temperatures[{i}] ({OUTPUTS[i]})",
+                temperature,
+                "a positive number (logits are divided by it), or null where none was fitted",
             )
 
 
@@ -644,6 +665,7 @@ class ChestClassifier(
         head: str = "dual",
         dropout: float = 0.0,
         thresholds: list[float | None] | None = None,
+        temperatures: list[float | None] | None = None,
     ) -> None:
         super().__init__()
         _validate_arguments(arch, image_size, in_chans, head, dropout)
@@ -654,6 +676,9 @@ class ChestClassifier(
         # (None until then, or where an output had no usable labels). A constructor argument so
         # that they travel inside config.json and come back with from_pretrained.
         self.thresholds = list(thresholds) if thresholds is not None else None
+        # Temperature scaling per labels.OUTPUTS entry, fitted on validation like the thresholds
+        # (None: uncalibrated). `probabilities` divides the logits by them.
+        self.temperatures = list(temperatures) if temperatures is not None else None
         self.backbone = spec.build_backbone(in_chans)
         self.num_features = spec.num_features
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -678,7 +703,18 @@ class ChestClassifier(
             "head": self.head,
             "dropout": self.dropout,
             "thresholds": self.thresholds,
+            "temperatures": self.temperatures,
         }
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """sigmoid(logits / temperature) per output column (the temperatures fitted on
+        validation; 1 where there are none). The one place logits become probabilities."""
+        logits = logits.float()
+        if self.temperatures is None:
+            return torch.sigmoid(logits)
+        columns = self.temperatures[-logits.shape[1] :]  # a binary head: the abnormal one
+        scale = torch.tensor([t or 1.0 for t in columns], device=logits.device)
+        return torch.sigmoid(logits / scale)
 
     @property
     def output_names(self) -> tuple[str, ...]:

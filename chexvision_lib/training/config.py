@@ -78,6 +78,11 @@ class TrainConfig:
     threshold_method: Literal["youden", "f1"] = option(
         "youden", "how the shipped per-output thresholds are chosen on validation"
     )
+    temperature_scaling: bool = option(
+        True,
+        "fit one temperature per output on validation (Guo et al. 2017); predict and evaluate "
+        "apply it; the thresholds are chosen on the calibrated probabilities",
+    )
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
     seed: int = option(0, "seed of every random draw (batches, augmentation, initialisation)")
     deterministic: bool = option(

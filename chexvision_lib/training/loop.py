@@ -30,6 +30,7 @@ from chexvision_lib.core.atomic_files import recover_folder, write_json_atomic
 from chexvision_lib.core.config import to_dict
 from chexvision_lib.core.labels import FINDINGS, NUM_FINDINGS
 from chexvision_lib.data.batches import Augment, BatchLoader, CachedSplit, augment, normalise
+from chexvision_lib.evaluation.calibration import apply_temperature, fit_temperatures
 from chexvision_lib.evaluation.metrics import choose_thresholds_for, per_class_auc, roc_auc
 from chexvision_lib.models.loading import load_model
 from chexvision_lib.models.predict import predict_loader
@@ -338,7 +339,8 @@ def ship_best_model(
     resolved: dict,
     show: bool,
 ) -> None:
-    """Reload the best epoch's weights, choose their thresholds on validation, save model/.
+    """Reload the best epoch's weights, fit their temperatures and choose their thresholds on
+    validation, save model/.
 
     Runs in the main process alone, so it reads the whole validation split itself."""
     best = load_model(run / "model", device=runtime.device)
@@ -352,6 +354,10 @@ def ship_best_model(
         "thresholds",
         show,
     )
+    if config.temperature_scaling:
+        # Calibrate first, then choose thresholds on the probabilities predict will output.
+        best.temperatures = fit_temperatures(probs, labels)
+        probs = apply_temperature(probs, best.temperatures)
     best.thresholds = choose_thresholds_for(probs, labels, config.threshold_method)
     best.to("cpu")
     extra = {
