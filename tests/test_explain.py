@@ -1,7 +1,10 @@
-"""Grad-CAM against closed-form answers, overlays, box reading, and localisation scores."""
+"""CAMs against closed-form answers and our former Grad-CAM, overlays, box reading, and
+localisation scores."""
 
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ from conftest import realdata
 from torch import Tensor, nn
 
 from chexvision_lib.core.labels import FINDINGS
+from chexvision_lib.explain.cam_methods import CAM_METHODS, METHODS, cam_class
 from chexvision_lib.explain.gradcam import (
     ABNORMAL_INDEX,
     BBOX_COLUMNS,
@@ -19,9 +23,12 @@ from chexvision_lib.explain.gradcam import (
     iobb_iou,
     localisation_pair_scores,
     localisation_scores,
+    method_label,
+    normalised_inputs,
     overlay,
     pointing_game,
     read_bbox_list,
+    upsample_and_normalise,
 )
 from chexvision_lib.models.registry import build_model
 
@@ -210,6 +217,140 @@ def test_grad_cam_rejects_bad_targets(targets: object, message: str) -> None:
         grad_cam(fifteen_outputs, torch.randn(2, 1, 4, 4), targets)  # type: ignore[arg-type]
 
 
+# --- the library's CAMs through our wrapper ------------------------------------------------------
+def reference_grad_cam(
+    model: nn.Module, x: Tensor, indices: list[int], layer: nn.Module
+) -> tuple[np.ndarray, np.ndarray]:
+    """Our Grad-CAM before pytorch-grad-cam computed it (one hook + autograd.grad), kept here as
+    the reference the library must reproduce: (raw (B, h, w), maps (B, H, W))."""
+    captured: list[Tensor] = []
+
+    def keep(_module: nn.Module, _inputs: object, output: Tensor) -> Tensor:
+        captured.append(output)
+        return output.clone()
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        inputs = x.detach().clone().float().requires_grad_(True)
+        logits = model(inputs)
+        scores = logits.gather(1, torch.tensor(indices)[:, None])[:, 0]
+        (gradient,) = torch.autograd.grad(scores.sum(), captured[-1])
+        weights = gradient.mean(dim=(2, 3), keepdim=True)
+        raw = torch.relu((weights * captured[-1]).sum(dim=1)).detach()
+    finally:
+        handle.remove()
+    return raw.numpy(), upsample_and_normalise(raw, tuple(x.shape[-2:])).numpy()
+
+
+@pytest.mark.parametrize(
+    ("arch", "head", "seed"),
+    # seed 3: an untrained binary head's Grad-CAM is often all zero (ReLU of a negative sum)
+    [("densenet121", "dual", 0), ("resnet18", "dual", 0), ("seresnet_small", "binary", 3)],
+)
+def test_library_grad_cam_equals_our_former_implementation(arch: str, head: str, seed: int) -> None:
+    torch.manual_seed(seed)
+    model = build_model(arch, image_size=64, head=head).eval()
+    x = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(5))
+    targets = [ABNORMAL_INDEX] * 3 if head == "binary" else [FINDINGS.index("Effusion"), 0, 14]
+    heads = [0] * 3 if head == "binary" else targets
+    expected_raw, expected_maps = reference_grad_cam(model, x, heads, model.cam_layer())
+    result = grad_cam(model, x.contiguous(memory_format=torch.channels_last), targets)
+    assert result.method == "gradcam"
+    scale = np.abs(expected_raw).max()
+    assert scale > 0
+    np.testing.assert_allclose(result.raw / scale, expected_raw / scale, atol=1e-5)
+    np.testing.assert_allclose(result.maps, expected_maps, atol=1e-5)
+    assert np.corrcoef(result.raw.ravel(), expected_raw.ravel())[0, 1] > 0.99999
+
+
+def test_every_offered_method_exists_in_the_library_and_runs() -> None:
+    import pytorch_grad_cam
+
+    torch.manual_seed(0)
+    model = build_model("seresnet_small", image_size=64).train()
+    before = hook_counts(model)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        model.eval()
+        logits = model(x)
+        model.train()
+    for name in CAM_METHODS:
+        assert cam_class(name) is getattr(pytorch_grad_cam, METHODS[name].library_class)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = grad_cam(model, x, [2, ABNORMAL_INDEX], method=name)
+        assert result.method == name
+        assert result.raw.shape == (2, 2, 2) and result.raw.dtype == np.float32
+        assert result.maps.shape == (2, 64, 64)
+        assert np.isfinite(result.maps).all() and 0 <= result.maps.min() <= result.maps.max() <= 1
+        assert (result.raw >= 0).all()
+        np.testing.assert_allclose(result.scores, logits[[0, 1], [2, 14]].numpy(), atol=1e-4)
+        assert hook_counts(model) == before
+        assert model.training and all(m.training for m in model.modules())
+        assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match=r"unknown CAM method 'gradcam\+\+\+'; expected one of"):
+        grad_cam(model, x, 0, method="gradcam+++")
+
+
+def test_library_target_is_the_chosen_logit() -> None:
+    # The known-answer model's two outputs have different closed-form maps: the library's
+    # ClassifierOutputTarget must explain the logit we name, for every method using a target.
+    model = known_answer_model()
+    x = torch.randn(2, 1, 5, 7, generator=torch.Generator().manual_seed(7))
+    for name in ("gradcam", "hirescam", "gradcam++", "layercam"):
+        first = grad_cam(model, x, [0, 1], method=name)
+        swapped = grad_cam(model, x, [1, 0], method=name)
+        assert not np.allclose(first.raw[0], swapped.raw[0])
+        np.testing.assert_allclose(first.raw[0], grad_cam(model, x[:1], 0, method=name).raw[0])
+
+
+def test_grad_cam_keeps_the_callers_gradients_and_frozen_parameters() -> None:
+    model = known_answer_model()
+    model.head.weight.grad = torch.full_like(model.head.weight, 3.0)
+    model.features.weight.requires_grad_(False)
+    grad_cam(model, torch.randn(2, 1, 4, 4), 1)
+    assert torch.equal(model.head.weight.grad, torch.full_like(model.head.weight, 3.0))
+    assert model.head.bias.grad is None and model.features.weight.grad is None
+    assert not model.features.weight.requires_grad and model.head.weight.requires_grad
+    model.requires_grad_(False)  # every parameter frozen: the input still carries the graph
+    assert grad_cam(model, torch.randn(1, 1, 4, 4), 0).raw.shape == (1, 4, 4)
+
+
+class NotUsingFeatures(PooledLinear):
+    def forward(self, x: Tensor) -> Tensor:
+        self.features(x)
+        return self.head(x.mean(dim=(2, 3)).expand(-1, 3))
+
+
+def test_grad_cam_names_a_layer_that_did_not_run_or_does_not_matter() -> None:
+    model = known_answer_model()
+    with pytest.raises(ValueError, match="layer Linear did not run in the forward pass"):
+        grad_cam(model, torch.randn(1, 1, 4, 4), 0, layer=nn.Linear(1, 1))
+    unused = NotUsingFeatures(model.features, model.head.weight.detach()).eval()
+    with pytest.raises(ValueError, match="the logits do not depend on layer Conv2d"):
+        grad_cam(unused, torch.randn(1, 1, 4, 4), 0)
+    assert hook_counts(unused) == hook_counts(known_answer_model())
+
+
+def test_app_scorer_offers_the_methods_by_name() -> None:
+    from PIL import Image
+
+    from chexvision_lib.serving.app import ImageScorer
+
+    torch.manual_seed(0)
+    scorer = ImageScorer(build_model("seresnet_small", image_size=32))
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), np.uint8)).save(
+        buffer, format="PNG"
+    )
+    default = scorer.analyse(buffer.getvalue(), "x.png", "Effusion")
+    eigen = scorer.analyse(buffer.getvalue(), "x.png", "Effusion", "eigencam")
+    assert default.cam_method == "gradcam" and eigen.cam_method == "eigencam"
+    assert eigen.cam_overlay.shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="unknown CAM method 'nope'"):
+        scorer.analyse(buffer.getvalue(), "x.png", "Effusion", "nope")
+
+
 # --- overlays ------------------------------------------------------------------------------------
 def test_overlay_blends_grey_and_colormap() -> None:
     grey = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (8, 1))
@@ -255,6 +396,20 @@ def test_pointing_game_on_a_fine_map() -> None:
     # Ties go to the first maximum in row-major order: the top-left cell of a plateau.
     plateau = np.kron(four_by_four_map(), np.ones((8, 8)))
     assert pointing_game(plateau, [256, 256, 20, 20], 1024)
+
+
+def test_pointing_game_takes_the_peak_from_the_raw_map_not_the_upsampled_one() -> None:
+    # An interior peak of 1.0 among 0.5s and an edge cell 1.5 % lower. Bilinear upsampling blends
+    # the peak with its neighbours at every output pixel (at best 0.969 here) but keeps the edge
+    # cell's 0.985 undiluted over its outer half, so the upsampled map's argmax is the corner.
+    raw = np.full((4, 4), 0.5, dtype=np.float32)
+    raw[1, 1], raw[3, 3] = 1.0, 0.985
+    upsampled = upsample_and_normalise(torch.from_numpy(raw)[None], (128, 128))[0].numpy()
+    row, col = np.unravel_index(np.argmax(upsampled), upsampled.shape)
+    assert row >= 112 and col >= 112  # the bias this test guards against
+    around_peak = [300, 300, 170, 170]  # holds the peak cell's centre (384, 384) in 1024 px
+    assert pointing_game(raw, around_peak, 1024)
+    assert not pointing_game(upsampled, around_peak, 1024)
 
 
 def test_iobb_iou_known_answers() -> None:
@@ -425,3 +580,56 @@ def test_localisation_rejects_mismatched_inputs() -> None:
         localisation_scores(model, images, ids, ["Tumour"], boxes, 1024)
     with pytest.raises(ValueError, match="images_uint8 must be a uint8 array"):
         localisation_scores(model, images.astype(float), ids, ["Effusion"], boxes, 1024)
+
+
+def test_localisation_scores_the_pointing_game_on_the_raw_map() -> None:
+    torch.manual_seed(0)
+    model = build_model("seresnet_small", image_size=64).eval()
+    images, ids, boxes = tiny_boxed_set()
+    pairs = localisation_pair_scores(model, images, ids, ["Effusion"], boxes, 1024)
+    cam_rows = pairs[pairs["method"] == "grad_cam"]
+    inputs = normalised_inputs(images[[0, 1]], model.preprocessing)  # a.png, b.png: Effusion
+    raw = grad_cam(model, inputs, FINDINGS.index("Effusion")).raw
+    for k, image_id in enumerate(["a.png", "b.png"]):
+        image_boxes = boxes[(boxes["image_id"] == image_id) & (boxes["finding"] == "Effusion")]
+        expected = pointing_game(raw[k], image_boxes[["x", "y", "w", "h"]].to_numpy(), 1024)
+        assert cam_rows.loc[cam_rows["image_id"] == image_id, "pointing_game"].item() == expected
+
+
+def test_localisation_warns_about_boxes_outside_the_image() -> None:
+    model = build_model("seresnet_small", image_size=64).eval()
+    images, ids, _ = tiny_boxed_set()
+    boxes = pd.DataFrame(
+        [
+            ("a.png", "Effusion", 100.0, 100.0, 300.0, 300.0),
+            ("a.png", "Effusion", 900.0, 100.0, 300.0, 300.0),  # past the right edge
+            ("b.png", "Effusion", 1100.0, 10.0, 50.0, 50.0),  # wholly outside
+        ],
+        columns=list(BBOX_COLUMNS),
+    )
+    message = r"2 of 3 boxes lie outside their image \(1 wholly\), e\.g\. a\.png Effusion"
+    with pytest.warns(UserWarning, match=message):
+        scores = localisation_scores(model, images, ids, ["Effusion"], boxes, 1024)
+    assert scores.attrs["boxes_outside_image"] == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same boxes in a 2048 px image: all inside
+        inside = localisation_pair_scores(model, images, ids, ["Effusion"], boxes, 2048)
+    assert inside.attrs["boxes_outside_image"] == 0
+
+
+def test_localisation_with_another_cam_method_names_its_rows() -> None:
+    torch.manual_seed(0)
+    model = build_model("seresnet_small", image_size=64).eval()
+    images, ids, boxes = tiny_boxed_set()
+    args = (model, images, ids, ["Effusion", "Infiltration"], boxes, 1024)
+    assert method_label("gradcam") == "grad_cam" and method_label("scorecam") == "scorecam"
+    plus = localisation_scores(*args, cam_method="gradcam++", progress=True)
+    assert plus["method"].tolist() == ["gradcam++"] * 3 + ["random"] * 3
+    default = localisation_scores(*args)
+    # The control depends on the seed and the map's resolution only, not on the method.
+    pd.testing.assert_frame_equal(
+        plus[plus["method"] == "random"].reset_index(drop=True),
+        default[default["method"] == "random"].reset_index(drop=True),
+    )
+    with pytest.raises(ValueError, match="unknown CAM method"):
+        localisation_scores(*args, cam_method="gradcam2")

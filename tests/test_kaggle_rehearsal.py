@@ -21,7 +21,7 @@ import papermill
 import pytest
 
 from chexvision_lib.data.synthetic import write_synthetic_nih
-from chexvision_lib.publishing.kaggle_kernel import build_kernel
+from chexvision_lib.publishing.kaggle_kernel import build_kernel, bundle_dependencies
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_NAME = "chexvision-rehearsal"
@@ -78,6 +78,8 @@ def run_kernel(notebook: Path, kaggle: Path, executed: Path) -> None:
 def kaggle_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     venv = tmp_path / "venv"
     fresh_venv(venv)
+    # The push machine has the package index (once, for the bundled wheels); Kaggle does not.
+    bundle_dependencies(tmp_path)
     monkeypatch.setenv("JUPYTER_PATH", str(venv / "share" / "jupyter"))
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # network off: no index, and no proxy that works
     for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
@@ -109,6 +111,7 @@ def test_train_then_evaluate_kernels_in_kaggle_layout(kaggle_env, tmp_path, monk
     run_kernel(train.notebook, first, tmp_path / "train-executed.ipynb")
     site = next((kaggle_env / "lib").glob("python*/site-packages"))
     assert (site / "chexvision_lib" / "__init__.py").is_file(), "installed from the wheel"
+    assert (site / "pytorch_grad_cam").is_dir(), "the bundled dependency, installed offline"
     run = first / "working" / "runs" / "notebook" / "train"
     assert (run / "model" / "model.safetensors").is_file()
     config = json.loads((run / "config.json").read_text())

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from chexvision_lib.core.disclaimer import DISCLAIMER
+from chexvision_lib.explain.cam_methods import CAM_METHODS, DEFAULT_CAM_METHOD
 
 SPLITS = ("train", "val", "test")
 
@@ -26,12 +27,25 @@ def run_report(args: argparse.Namespace) -> None:
 
     report.write_figures(args.run, args.split)
     for output in args.cam_outputs.split(","):
-        report.gradcam_grid(args.run, args.split, output=output)
+        report.gradcam_grid(
+            args.run, args.split, output=output, cam_method=args.cam_method, device=args.device
+        )
     print(f"figures in {Path(args.run) / args.split / 'figures'}")
     if args.bbox or report.find_bbox_list(args.run):
-        table = report.localisation_report(args.run, args.split, bbox_csv=args.bbox)
+        table = report.localisation_report(
+            args.run,
+            args.split,
+            bbox_csv=args.bbox,
+            cam_method=args.cam_method,
+            device=args.device,
+            progress=True,
+        )
         overall = table[table["finding"] == "all"].set_index("method")
         print(overall.to_string(float_format=lambda v: f"{v:.3f}"))
+        outside = table.attrs.get("boxes_outside_image", 0)
+        if outside:
+            print(f"{outside} boxes lie partly or wholly outside their image (see the warning)")
+        print(f"wrote {Path(args.run) / args.split / report.localisation_file(args.cam_method)}")
 
 
 def run_compare(args: argparse.Namespace) -> None:
@@ -80,8 +94,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cam-outputs",
         default="Abnormal",
-        help="comma-separated outputs for Grad-CAM grids, e.g. Abnormal,Effusion",
+        help="comma-separated outputs for CAM grids, e.g. Abnormal,Effusion",
     )
+    p.add_argument(
+        "--cam-method",
+        default=DEFAULT_CAM_METHOD,
+        choices=CAM_METHODS,
+        help="the CAM method (pytorch-grad-cam) of the grids and localisation scores; methods "
+        "other than gradcam write localisation_<method>.csv (scorecam is slow: one forward "
+        "pass per feature channel)",
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--bbox", help="BBox_List_2017.csv (default: found beside the run's data)")
     p.set_defaults(func=run_report)
 

@@ -1,10 +1,12 @@
-"""Explain a model's predictions: Grad-CAM maps, overlays, and localisation scores against boxes.
+"""Explain a model's predictions: CAM maps, overlays, and localisation scores against boxes.
 
 Grad-CAM (Selvaraju et al. 2017) weights each channel k of a convolutional feature map A by the
 spatial mean of the target logit's gradient, alpha_k = mean_ij d y / d A_kij, and keeps the positive
-part of the weighted sum, ReLU(sum_k alpha_k A_k). It is implemented here with one forward hook and
-`torch.autograd.grad`, so no dependency is needed, no parameter's `.grad` is touched and no hook
-outlives the call.
+part of the weighted sum, ReLU(sum_k alpha_k A_k). The maps are computed by pytorch-grad-cam
+(PyPI `grad-cam`), which also offers Grad-CAM++, Score-CAM, Eigen-CAM and others by name (see
+`cam_methods`); `grad_cam` wraps it for our models: OUTPUTS indices as targets (the binary head
+included), float32 whatever the caller's autocast, no parameter's `.grad`, hook or train/eval
+mode changed by the call. The localisation scoring and the random-map control are our own.
 
 Localisation is scored against NIH's `BBox_List_2017.csv` boxes (984 boxes, 8 findings), whose
 coordinates are pixels of the 1024 x 1024 PNG files of the release. Our cache squashes every image
@@ -13,6 +15,7 @@ the whole original image and maps to it by scaling each axis on its own.
 
 Two scores, each also computed for a random-map control so a reader can see what chance gives:
 - pointing game (Zhang et al. 2016): a hit when the map's peak lies inside a box of the finding;
+  the peak is the maximal cell of the map at its own (feature-map) resolution, see `pointing_game`;
 - IoBB and IoU at map thresholds: the map is binarised at `threshold * max` and compared with the
   union of the finding's boxes (see `iobb_iou` for how this differs from Wang et al. 2017).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chexvision_lib.core.labels import ABNORMAL, OUTPUTS, canonical_finding
+from chexvision_lib.explain import cam_methods
+from chexvision_lib.explain.cam_methods import DEFAULT_CAM_METHOD, display_name
 
 # The labels.OUTPUTS index of "Abnormal": a binary-head model's only output answers to it too.
 ABNORMAL_INDEX = OUTPUTS.index(ABNORMAL)
@@ -50,15 +56,16 @@ Size = int | tuple[int, int]  # an original image size: side of a square, or (wi
 
 
 # --------------------------------------------------------------------------------------------
-# Grad-CAM
+# CAM maps (pytorch-grad-cam)
 # --------------------------------------------------------------------------------------------
 @dataclass
 class CamResult:
-    """Grad-CAM of a batch; arrays are float32 numpy."""
+    """A CAM of a batch; arrays are float32 numpy."""
 
-    raw: np.ndarray  # (B, h, w): ReLU(sum_k alpha_k A_k) at the feature map's resolution
+    raw: np.ndarray  # (B, h, w): the method's map at the feature map's resolution, ReLU'd
     maps: np.ndarray  # (B, H, W) in [0, 1]: raw upsampled bilinearly to the input, min-max scaled
     scores: np.ndarray  # (B,): the target logits
+    method: str = DEFAULT_CAM_METHOD  # a cam_methods name
 
 
 def grad_cam(
@@ -66,39 +73,39 @@ def grad_cam(
     x: Tensor,
     targets: Sequence[int] | int,
     layer: nn.Module | None = None,
+    *,
+    method: str = DEFAULT_CAM_METHOD,
 ) -> CamResult:
-    """Grad-CAM of `targets` for the batch `x` (normalised float (B, C, H, W), any memory format).
+    """The CAM `method` (default Grad-CAM) of `targets` for the batch `x` (normalised float
+    (B, C, H, W), any memory format), computed by pytorch-grad-cam.
 
     `targets`: one output index (labels.OUTPUTS order) for every image, or one per image. For a
     binary-head model, whose only output is "Abnormal", both 0 and 14 (the OUTPUTS index of
-    "Abnormal") select it, so callers can always use OUTPUTS indices.
+    "Abnormal") select it, so callers can always use OUTPUTS indices. Each image is explained
+    through its target's logit (the library's ClassifierOutputTarget: the raw logit, not the
+    sigmoid, whose gradient would fade as the probability nears 0 or 1).
     `layer`: the module whose output is the feature map; defaults to `model.cam_layer()`. If the
-    layer runs more than once in a forward pass, its last call is used.
+    layer runs more than once in a forward pass, the library uses its first call.
+    `method`: a name in `cam_methods.CAM_METHODS` ("gradcam", "gradcam++", "scorecam", ...).
+    `raw` is the library's per-layer map (for Grad-CAM sum_k alpha_k A_k) after ReLU, at the
+    feature map's resolution; `maps` upsamples it with `upsample_and_normalise`.
 
     The pass runs in float32 with autocast disabled, whatever the caller's autocast or no_grad
     context: models trained under AMP keep float32 weights, and float16 gradients of one logit
     through a deep network can underflow (training avoids that with loss scaling, which this pass
     does not have). The model must hold float32 weights.
-    The model's train/eval mode is left as it is: call `model.eval()` first, otherwise dropout
-    changes the maps and batch-norm mixes images of the batch (and updates its running stats).
-    No parameter's `.grad` is written and the hook is removed before returning.
+    The library puts the model in eval mode (dropout off, batch-norm running statistics) for the
+    pass; every module's train/eval mode is restored afterwards, and so are the parameters'
+    `requires_grad` and `.grad` (the library's backward pass would otherwise write them). No hook
+    outlives the call.
     """
+    spec = cam_methods.cam_method(method)
     layer = _cam_layer(model, layer)
-    if hasattr(model, "output_names"):  # a ChestClassifier: check targets before any compute
-        _target_indices(targets, len(x), len(model.output_names))
-    captured: list[Tensor] = []
-
-    def keep_feature_map(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
-        if not isinstance(output, Tensor) or output.ndim != 4:
-            raise ValueError(
-                f"layer {type(layer).__name__} must output a (B, C, h, w) tensor for Grad-CAM"
-            )
-        captured.append(output)
-        # The rest of the network gets a copy: an in-place op after the layer (DenseNet-style
-        # ReLU(inplace=True)) would otherwise overwrite the activation we differentiate against.
-        return output.clone()
-
-    handle = layer.register_forward_hook(keep_feature_map)
+    num_outputs = len(model.output_names) if hasattr(model, "output_names") else None
+    if num_outputs is not None:  # a ChestClassifier: check targets before any compute
+        indices = _target_indices(targets, len(x), num_outputs)
+    modes = [(module, module.training) for module in model.modules()]
+    parameters = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     try:
         # inference_mode(False) + enable_grad: work even when called under no_grad/inference_mode.
         with (
@@ -106,32 +113,102 @@ def grad_cam(
             torch.enable_grad(),
             torch.autocast(device_type=x.device.type, enabled=False),
         ):
-            # A fresh input that requires grad keeps the graph alive even if every parameter is
-            # frozen; `clone` keeps the memory format (channels_last stays channels_last).
-            inputs = x.detach().clone().float().requires_grad_(True)
-            logits = model(inputs)
-            if not captured:
-                raise ValueError(f"layer {type(layer).__name__} did not run in the forward pass")
-            if not isinstance(logits, Tensor) or logits.ndim != 2:
-                raise ValueError("the model must return logits of shape (B, outputs)")
-            indices = _target_indices(targets, len(x), logits.shape[1])
-            scores = logits.gather(1, torch.tensor(indices, device=logits.device)[:, None])[:, 0]
-            feature_map = captured[-1]
-            # autograd.grad returns the gradient instead of accumulating .grad on parameters;
-            # summing the per-image logits is exact because images do not interact in eval mode.
-            (gradient,) = torch.autograd.grad(scores.sum(), feature_map, allow_unused=True)
-            if gradient is None:
-                raise ValueError(f"the logits do not depend on layer {type(layer).__name__}")
-            channel_weights = gradient.mean(dim=(2, 3), keepdim=True)
-            raw = torch.relu((channel_weights * feature_map).sum(dim=1)).detach()
+            model.eval()
+            # `clone` keeps the memory format (channels_last stays channels_last).
+            inputs = x.detach().clone().float()
+            if num_outputs is None:  # any other module: one image tells how many outputs
+                with torch.no_grad():
+                    num_outputs = _check_logits(model(inputs[:1]), 1).shape[1]
+                indices = _target_indices(targets, len(x), num_outputs)
+            # Gradients are needed for the feature map only: frozen parameters spare the
+            # backward pass their gradients, and an input that requires grad keeps the graph.
+            for parameter, _, _ in parameters:
+                parameter.requires_grad_(False)
+            inputs.requires_grad_(True)
+            step = spec.images_per_pass or len(x)
+            parts = [
+                _library_cam(spec.name, model, layer, inputs[i : i + step], indices[i : i + step])
+                for i in range(0, len(x), step)
+            ]
     finally:
-        handle.remove()
-    maps = upsample_and_normalise(raw, tuple(x.shape[-2:]))
-    return CamResult(
-        raw=raw.float().cpu().numpy(),
-        maps=maps.cpu().numpy(),
-        scores=scores.detach().float().cpu().numpy(),
-    )
+        for parameter, requires_grad, grad in parameters:
+            parameter.requires_grad_(requires_grad)
+            parameter.grad = grad
+        for module, training in modes:
+            module.training = training
+    raw = np.concatenate([part[0] for part in parts])
+    scores = np.concatenate([part[1] for part in parts])
+    maps = upsample_and_normalise(torch.from_numpy(raw), tuple(x.shape[-2:]))
+    return CamResult(raw=raw, maps=maps.numpy(), scores=scores, method=spec.name)
+
+
+def _library_cam(
+    method: str, model: nn.Module, layer: nn.Module, inputs: Tensor, indices: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(raw (B, h, w), target logits (B,)) of one pytorch-grad-cam call."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    # Constructing the method registers the library's hooks on the layer (and calls eval()).
+    cam = cam_methods.cam_class(method)(model=model, target_layers=[layer])
+    ran: list[bool] = []
+
+    def check_feature_map(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        ran.append(True)
+        if not isinstance(output, Tensor) or output.ndim != 4:
+            raise ValueError(
+                f"layer {type(layer).__name__} must output a (B, C, h, w) tensor for a CAM"
+            )
+
+    def hand_on_a_copy(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
+        # The library keeps `output` (on the CPU, without copying it); the rest of the network
+        # gets a copy, so an in-place op after the layer (DenseNet-style ReLU(inplace=True))
+        # cannot overwrite the activation the map is made of.
+        return output.clone()
+
+    layer_maps: list[np.ndarray] = []
+    library_cam_image = cam.get_cam_image
+
+    def keep_layer_map(*args: Any, **kwargs: Any) -> np.ndarray:
+        # The library scales its maps to [0, 1] at the input's size; the map before that, at
+        # the feature map's resolution, is what the pointing game and the control need.
+        layer_map = library_cam_image(*args, **kwargs)
+        layer_maps.append(layer_map)
+        return layer_map
+
+    cam.get_cam_image = keep_layer_map
+    handles = [
+        layer.register_forward_hook(check_feature_map, prepend=True),  # before the library's
+        layer.register_forward_hook(hand_on_a_copy),  # after them
+    ]
+    try:
+        try:
+            cam(inputs, targets=[ClassifierOutputTarget(int(i)) for i in indices])
+        except (AttributeError, IndexError, TypeError):
+            # What the library raises when it has no activation or gradient to work with.
+            if not ran:
+                raise ValueError(
+                    f"layer {type(layer).__name__} did not run in the forward pass"
+                ) from None
+            if cam.uses_gradients and not cam.activations_and_grads.gradients:
+                raise ValueError(
+                    f"the logits do not depend on layer {type(layer).__name__}"
+                ) from None
+            raise
+        logits = _check_logits(cam.outputs, len(inputs))
+        index = torch.tensor(list(indices), device=logits.device)[:, None]
+        scores = logits.detach().gather(1, index)[:, 0].float().cpu().numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+        cam.activations_and_grads.release()
+    raw = np.maximum(np.asarray(layer_maps[0], dtype=np.float32), 0)
+    return raw, scores
+
+
+def _check_logits(logits: Any, batch_size: int) -> Tensor:
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or len(logits) != batch_size:
+        raise ValueError("the model must return logits of shape (B, outputs)")
+    return logits
 
 
 def _cam_layer(model: nn.Module, layer: nn.Module | None) -> nn.Module:
@@ -321,6 +398,11 @@ def pointing_game(cam_map: np.ndarray, boxes_xywh: Any, original_size: Size) -> 
 
     The peak is the first maximal cell (numpy argmax order), placed at that cell's centre in the
     original image's pixel coordinates: ((c + 0.5) W / w, (r + 0.5) H / h) for an (h, w) map.
+    Give it the raw map at the feature map's resolution (`CamResult.raw`), as
+    `localisation_pair_scores` does, not the upsampled one: bilinear upsampling keeps an edge
+    cell's value undiluted over the outer half of the cell (the image border clamps it), while
+    an interior peak is blended with its lower neighbours at every output pixel, so in the
+    upsampled map an edge cell within 1-2 % of the true peak takes the argmax.
     A map with no positive value points nowhere and is a miss (a dead CAM earns no hit).
     `original_size`: the size of the image the boxes refer to, an int for a square (1024 for NIH)
     or (width, height).
@@ -451,14 +533,18 @@ def localisation_scores(
     random_control: bool = True,
     seed: int = 0,
     batch_size: int = 16,
+    cam_method: str = DEFAULT_CAM_METHOD,
+    progress: bool = False,
 ) -> pd.DataFrame:
-    """Grad-CAM localisation scores per finding and overall, with a random-map control.
+    """CAM localisation scores per finding and overall, with a random-map control.
 
-    One row per (method, finding): method "grad_cam" (and "random" when `random_control`), finding
-    each of `findings` then "all" (every pair pooled). Columns: n (number of (image, finding)
-    pairs), pointing_game (hit rate), and for each map threshold t: mean_iobb@t, mean_iou@t and
-    iobb_accuracy@t (share of pairs with IoBB > 0.5). Metrics are NaN where n is 0. See
-    `localisation_pair_scores` for the arguments and `iobb_iou` for the definitions.
+    One row per (method, finding): method `method_label(cam_method)` ("grad_cam" for Grad-CAM)
+    and "random" when `random_control`, finding each of `findings` then "all" (every pair
+    pooled). Columns: n (number of (image, finding) pairs), pointing_game (hit rate), and for
+    each map threshold t: mean_iobb@t, mean_iou@t and iobb_accuracy@t (share of pairs with
+    IoBB > 0.5). Metrics are NaN where n is 0. See `localisation_pair_scores` for the arguments
+    and `iobb_iou` for the definitions; `attrs["boxes_outside_image"]` counts the boxes that lie
+    partly or wholly outside their image.
     """
     pairs = localisation_pair_scores(
         model,
@@ -471,10 +557,22 @@ def localisation_scores(
         random_control=random_control,
         seed=seed,
         batch_size=batch_size,
+        cam_method=cam_method,
+        progress=progress,
     )
-    methods = (GRAD_CAM, RANDOM_CONTROL) if random_control else (GRAD_CAM,)
+    label = method_label(cam_method)
+    methods = (label, RANDOM_CONTROL) if random_control else (label,)
     findings = [canonical_finding(f) for f in findings]
-    return summarise_localisation(pairs, findings, thresholds, methods=methods)
+    summary = summarise_localisation(pairs, findings, thresholds, methods=methods)
+    summary.attrs["boxes_outside_image"] = pairs.attrs["boxes_outside_image"]
+    return summary
+
+
+def method_label(cam_method: str) -> str:
+    """The `method` column's name for a CAM method's rows: "grad_cam" for Grad-CAM (the name
+    localisation tables have always used), the method's own name ("scorecam", ...) otherwise."""
+    name = cam_methods.cam_method(cam_method).name
+    return GRAD_CAM if name == DEFAULT_CAM_METHOD else name
 
 
 def localisation_pair_scores(
@@ -489,6 +587,8 @@ def localisation_pair_scores(
     random_control: bool = True,
     seed: int = 0,
     batch_size: int = 16,
+    cam_method: str = DEFAULT_CAM_METHOD,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """One row per (method, image, finding): explained output, its logit, hit, IoBB and IoU.
 
@@ -502,42 +602,87 @@ def localisation_pair_scores(
     - `original_sizes`: the size of the image file the boxes were drawn on, in the boxes' pixels:
       one int for all images (1024 for NIH; the image size for the synthetic set), or one per
       image, each an int (square) or (width, height). Not Data_Entry's OriginalImage[Width,Height],
-      which is the size before NIH resized the films to 1024.
+      which is the size before NIH resized the films to 1024. A box that lies partly or wholly
+      outside its image (wrong sizes, or boxes of other files) raises a warning with the count,
+      also kept in `attrs["boxes_outside_image"]`; only its part inside the image is scored.
+    - `cam_method`: a `cam_methods.CAM_METHODS` name; its rows' method is `method_label`'s.
+    - `progress`: show a tqdm bar over the pairs.
     A dual-head model is explained through the finding's own logit; a binary-head model through
-    its "Abnormal" logit (column `output` says which). The model is put in eval mode for the call
-    and its modes are restored afterwards. The random control gives each pair a smooth random map:
-    uniform noise at the CAM's own feature-map resolution, upsampled and scaled exactly like the
-    CAM, drawn from numpy's default_rng(seed) in pair order (so it does not depend on batch_size).
+    its "Abnormal" logit (column `output` says which). The model runs on the device of its
+    parameters; it is put in eval mode for the call and its modes are restored afterwards.
+    The pointing game takes the peak from the map at its feature-map resolution (see
+    `pointing_game`); IoBB and IoU use the map upsampled to the model's input.
+    The random control gives each pair a smooth random map: uniform noise at the CAM's own
+    feature-map resolution, upsampled and scaled exactly like the CAM, drawn from numpy's
+    default_rng(seed) in pair order (so it does not depend on batch_size).
     """
+    from tqdm.auto import tqdm
+
     spec = model.preprocessing
+    label = method_label(cam_method)
     thresholds = [_threshold(t) for t in thresholds]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     images = _images_array(images_uint8)
     sizes = _original_sizes(original_sizes, len(images))
     pairs = _boxed_pairs(image_ids, len(images), findings, boxes, sizes)
+    outside = _warn_boxes_outside(pairs)
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
     rows: list[dict[str, Any]] = []
-    with _eval_mode(model):
+    bar = tqdm(
+        total=len(pairs),
+        desc=f"{display_name(cam_method)} localisation",
+        unit="pair",
+        disable=not progress,
+    )
+    with _eval_mode(model), bar:
         for chunk in _chunks(pairs, batch_size):
             x = normalised_inputs(images[[p.image_index for p in chunk]], spec, device)
             outputs = [_explained_output(p.finding, spec["outputs"]) for p in chunk]
-            cams = grad_cam(model, x, [OUTPUTS.index(o) for o in outputs])
-            rows += _rows(GRAD_CAM, chunk, outputs, cams.maps, cams.scores, thresholds)
+            cams = grad_cam(model, x, [OUTPUTS.index(o) for o in outputs], method=cam_method)
+            rows += _rows(label, chunk, outputs, cams.raw, cams.maps, cams.scores, thresholds)
             if random_control:
                 noise = torch.from_numpy(rng.random((len(chunk), *cams.raw.shape[1:])))
                 maps = upsample_and_normalise(noise, cams.maps.shape[1:]).numpy()
                 nan_scores = np.full(len(chunk), np.nan)
-                rows += _rows(RANDOM_CONTROL, chunk, outputs, maps, nan_scores, thresholds)
+                rows += _rows(
+                    RANDOM_CONTROL, chunk, outputs, noise.numpy(), maps, nan_scores, thresholds
+                )
+            bar.update(len(chunk))
     columns = ["method", "image_id", "finding", "output", "score", "pointing_game"]
     columns += [f"{kind}@{t:g}" for t in thresholds for kind in ("iobb", "iou")]
     frame = pd.DataFrame(rows, columns=columns)
     # Controls after the CAM rows, each in pair order: easy to read and to compare side by side.
-    order = {GRAD_CAM: 0, RANDOM_CONTROL: 1}
-    return frame.sort_values("method", key=lambda m: m.map(order), kind="stable").reset_index(
-        drop=True
-    )
+    frame = frame.sort_values(
+        "method", key=lambda m: (m == RANDOM_CONTROL).astype(int), kind="stable"
+    ).reset_index(drop=True)
+    frame.attrs["boxes_outside_image"] = outside
+    return frame
+
+
+def _warn_boxes_outside(pairs: Sequence[_Pair]) -> int:
+    """Warn about boxes that reach outside their image; return how many do."""
+    outside, wholly, first = 0, 0, None
+    for pair in pairs:
+        width, height = pair.size
+        x, y, w, h = pair.boxes.T
+        partly = (x < 0) | (y < 0) | (x + w > width) | (y + h > height)
+        beyond = (x >= width) | (y >= height) | (x + w <= 0) | (y + h <= 0)
+        outside += int(partly.sum())
+        wholly += int(beyond.sum())
+        if first is None and partly.any():
+            box = ", ".join(f"{v:g}" for v in pair.boxes[np.argmax(partly)])
+            first = f"{pair.image_id} {pair.finding} [{box}] in a {width} x {height} image"
+    if outside:
+        total = sum(len(pair.boxes) for pair in pairs)
+        warnings.warn(
+            f"{outside} of {total} boxes lie outside their image ({wholly} wholly), e.g. {first}; "
+            "boxes are in the pixels of the file they were drawn on (1024 x 1024 for NIH): check "
+            "original_sizes. Only their parts inside the image are scored.",
+            stacklevel=3,
+        )
+    return outside
 
 
 def summarise_localisation(
@@ -549,10 +694,13 @@ def summarise_localisation(
 ) -> pd.DataFrame:
     """Per (method, finding) and per method over all pairs: n, hit rate, mean IoBB/IoU, accuracy.
 
-    `pairs` is a `localisation_pair_scores` table; `methods` defaults to those present in it.
+    `pairs` is a `localisation_pair_scores` table; `methods` defaults to those present in it, in
+    order of appearance with the random control last.
     """
     if methods is None:
-        methods = [m for m in (GRAD_CAM, RANDOM_CONTROL) if m in set(pairs["method"])]
+        present = list(dict.fromkeys(pairs["method"]))
+        methods = [m for m in present if m != RANDOM_CONTROL]
+        methods += [RANDOM_CONTROL] if RANDOM_CONTROL in present else []
     rows = []
     for method in methods:
         of_method = pairs[pairs["method"] == method]
@@ -583,12 +731,14 @@ def _rows(
     method: str,
     chunk: Sequence[_Pair],
     outputs: Sequence[str],
+    raw: np.ndarray,
     maps: np.ndarray,
     scores: np.ndarray,
     thresholds: Sequence[float],
 ) -> list[dict[str, Any]]:
+    """Scores of one chunk: the pointing game on the raw maps, IoBB/IoU on the upsampled ones."""
     rows = []
-    for pair, output, heat, score in zip(chunk, outputs, maps, scores, strict=True):
+    for pair, output, cells, heat, score in zip(chunk, outputs, raw, maps, scores, strict=True):
         coverage = _BoxCoverage.of(heat.shape, pair.boxes, pair.size)
         iobbs, ious = _iobb_iou_at(heat.astype(np.float64), coverage, thresholds)
         row = {
@@ -597,7 +747,7 @@ def _rows(
             "finding": pair.finding,
             "output": output,
             "score": float(score),
-            "pointing_game": pointing_game(heat, pair.boxes, pair.size),
+            "pointing_game": pointing_game(cells, pair.boxes, pair.size),
         }
         for t, iobb, iou in zip(thresholds, iobbs, ious, strict=True):
             row[f"iobb@{t:g}"], row[f"iou@{t:g}"] = iobb, iou

@@ -37,6 +37,9 @@ UPSTREAM_KERNEL = {
     "chexvision-evaluate": "chexvision-train",
     "chexvision-publish": "chexvision-evaluate",
 }
+# What the package needs that Kaggle's image does not have (pure-Python wheels, pinned): they
+# travel in the wheel dataset and the install cell installs them with --no-deps.
+BUNDLED_FOR_KAGGLE = ("grad-cam==1.5.7", "ttach==0.0.3")
 # Parameters are stored in plain text in the pushed notebook: never a credential.
 SECRET_WORDS = ("token", "key", "password", "passwd", "secret", "credential")
 
@@ -65,10 +68,19 @@ if os.path.isdir(KAGGLE_INPUT):
             f"{{wheels[-1]}} has sha256 {{found}}, not the wheel this kernel was pushed with "
             "({wheel_sha256}): the dataset still serves an older version; push again"
         )
-    # --no-index: dependencies must already be installed (Kaggle's image has them all); a
+    folder = os.path.dirname(wheels[-1])
+    # The dependencies Kaggle's image lacks travel in the same dataset: installed first, alone.
+    bundled = [w for w in sorted(glob.glob(folder + "/*.whl")) if w != wheels[-1]]
+    if bundled:
+        subprocess.check_call(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+             "--force-reinstall", *bundled]
+        )
+    # --no-index: every other dependency must already be installed (Kaggle's image has them); a
     # missing one stops here, named by pip, not at some later import.
     subprocess.check_call(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", wheels[-1]]
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", folder,
+         wheels[-1]]
     )
 """
 
@@ -212,6 +224,40 @@ def build_wheel(repo: Path, dest: Path) -> Path:
     return only_wheel(dest)
 
 
+def bundle_dependencies(dest: Path) -> list[Path]:
+    """Wheels of the dependencies Kaggle's image lacks, for an internet-off kernel: built once
+    from the package index (at push time) and kept in a local cache for the next push."""
+    cache = Path(os.environ.get("CHEXVISION_WHEEL_CACHE", Path.home() / ".cache/chexvision"))
+    cache = cache / "kaggle-wheels"
+    missing = [r for r in BUNDLED_FOR_KAGGLE if not _cached_wheel(cache, r)]
+    if missing:
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(cache),
+            *missing,
+        ]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ValueError(
+                f"building the wheels of {', '.join(missing)} for the Kaggle dataset failed (it "
+                f"needs the package index once; later pushes use {cache}): "
+                f"{done.stderr.strip()[-1000:]}"
+            )
+    return [Path(shutil.copy(_cached_wheel(cache, r), dest)) for r in BUNDLED_FOR_KAGGLE]
+
+
+def _cached_wheel(cache: Path, requirement: str) -> Path | None:
+    name, _, version = requirement.partition("==")
+    found = sorted(cache.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    return found[0] if found else None
+
+
 def only_wheel(folder: Path) -> Path:
     wheels = sorted(folder.glob("chexvision-*.whl"))
     if len(wheels) != 1:
@@ -351,6 +397,7 @@ def build_kernel(
     out = prepare_out(out)
     wheel_dir = out / "wheel-dataset"
     built = Path(shutil.copy(kept, wheel_dir)) if kept else build_wheel(repo, wheel_dir)
+    bundle_dependencies(wheel_dir)
     write_dataset_metadata(wheel_dir, owner)
     sha256 = file_sha256(built)
     staged = out / "source" / notebook.name

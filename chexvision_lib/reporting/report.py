@@ -1,4 +1,4 @@
-"""The evaluation report of a run: figures, a Grad-CAM grid and localisation scores.
+"""The evaluation report of a run: figures, a CAM grid and localisation scores.
 
 Reads only what earlier steps wrote (RUN/history.csv, RUN/<split>/predictions.csv and
 metrics.json, the model folder, the cache) and writes PNGs and CSVs under RUN/<split>/, so it can
@@ -19,6 +19,7 @@ from chexvision_lib.core.labels import ABNORMAL, FINDINGS, OUTPUTS
 from chexvision_lib.core.predictions import read_predictions
 from chexvision_lib.data.batches import CachedSplit
 from chexvision_lib.data.provenance import verify_nih_source
+from chexvision_lib.explain.cam_methods import DEFAULT_CAM_METHOD, display_name
 from chexvision_lib.explain.gradcam import (
     grad_cam,
     localisation_scores,
@@ -28,6 +29,7 @@ from chexvision_lib.explain.gradcam import (
 )
 from chexvision_lib.models.loading import load_model
 from chexvision_lib.reporting import plots
+from chexvision_lib.runtime.devices import resolve_device
 
 BBOX_NAMES = ("BBox_List_2017.csv", "BBox_List_2017.csv.gz")
 
@@ -105,9 +107,14 @@ def gradcam_grid(
     output: str = ABNORMAL,
     per_group: int = 2,
     cache: str | Path | None = None,
+    *,
+    cam_method: str = DEFAULT_CAM_METHOD,
+    device: str = "auto",
 ) -> Figure:
-    """Grad-CAM overlays of true/false positives/negatives for one output (Tang et al. Fig. 4),
-    saved as RUN/<split>/figures/gradcam_<output>.png."""
+    """CAM overlays (Grad-CAM by default; any `cam_methods` name) of true/false positives and
+    negatives for one output (Tang et al. Fig. 4), saved as
+    RUN/<split>/figures/<cam_method>_<output>.png (gradcam_<output>.png for Grad-CAM).
+    `device`: where the model runs ("auto": the GPU when there is one)."""
     run = Path(run_dir)
     predictions, metrics, config = _load(run, split)
     threshold = metrics["thresholds"].get(output)
@@ -118,9 +125,9 @@ def gradcam_grid(
     data = CachedSplit(_cache_for(run, cache), split)
     positions = data.table.reset_index().set_index("image_id").loc[cases["image_id"], "index"]
     pixels = data.read(positions.to_numpy())
-    model = load_model(run)
-    x = normalised_inputs(pixels, model.preprocessing)
-    cams = grad_cam(model, x, OUTPUTS.index(output))
+    model = load_model(run, device=resolve_device(device))
+    x = normalised_inputs(pixels, model.preprocessing, next(model.parameters()).device)
+    cams = grad_cam(model, x, OUTPUTS.index(output), method=cam_method)
     size = model.preprocessing["image_size"]
     greys = [np.asarray(Image.fromarray(p).resize((size, size))) for p in pixels]
     overlays = [overlay(g, m) for g, m in zip(greys, cams.maps, strict=True)]
@@ -128,13 +135,14 @@ def gradcam_grid(
         f"{case} · {plots.display_name(output)} p={p:.2f}"
         for case, p in zip(cases["case"], cases[f"prob_{output}"], strict=True)
     ]
-    path = run / split / "figures" / f"gradcam_{output}.png"
+    path = run / split / "figures" / f"{cams.method}_{output}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     return plots.cam_grid(
         greys,
         overlays,
         titles,
         path,
+        title=f"{display_name(cam_method)} overlays",
         caption=f"{split_label(metrics, config)}; threshold {threshold:.3f} chosen on validation",
     )
 
@@ -153,15 +161,33 @@ def find_bbox_list(run_dir: str | Path) -> Path | None:
     return None
 
 
+def localisation_file(cam_method: str = DEFAULT_CAM_METHOD) -> str:
+    """localisation.csv for Grad-CAM, localisation_<cam_method>.csv for the other methods."""
+    display_name(cam_method)  # ValueError for an unknown name
+    return (
+        "localisation.csv" if cam_method == DEFAULT_CAM_METHOD else f"localisation_{cam_method}.csv"
+    )
+
+
 def localisation_report(
     run_dir: str | Path,
     split: str = "test",
     bbox_csv: str | Path | None = None,
     cache: str | Path | None = None,
     seed: int = 0,
+    *,
+    cam_method: str = DEFAULT_CAM_METHOD,
+    device: str = "auto",
+    progress: bool = False,
 ) -> pd.DataFrame:
-    """Pointing game and IoBB/IoU of Grad-CAM against the radiologist boxes of `split`'s images,
-    with the random-map control; written to RUN/<split>/localisation.csv."""
+    """Pointing game and IoBB/IoU of a CAM (Grad-CAM by default) against the radiologist boxes of
+    `split`'s images, with the random-map control; written to RUN/<split>/`localisation_file`.
+
+    The method column holds `gradcam.method_label(cam_method)` ("grad_cam" for Grad-CAM) and
+    "random"; `attrs["boxes_outside_image"]` counts boxes reaching outside their image (each
+    run warns about them). `device`: where the model runs ("auto": the GPU when there is one);
+    `progress`: a tqdm bar over the boxed images' pairs.
+    """
     run = Path(run_dir)
     bbox_csv = bbox_csv or find_bbox_list(run)
     if bbox_csv is None:
@@ -177,10 +203,18 @@ def localisation_report(
     for path in boxed["path"]:
         with Image.open(path) as image:
             sizes.append(image.size)
-    model = load_model(run)
+    model = load_model(run, device=resolve_device(device))
     findings = [f for f in FINDINGS if f in set(boxes["finding"])]
     table = localisation_scores(
-        model, pixels, boxed["image_id"].tolist(), findings, boxes, sizes, seed=seed
+        model,
+        pixels,
+        boxed["image_id"].tolist(),
+        findings,
+        boxes,
+        sizes,
+        seed=seed,
+        cam_method=cam_method,
+        progress=progress,
     )
-    table.to_csv(run / split / "localisation.csv", index=False)
+    table.to_csv(run / split / localisation_file(cam_method), index=False)
     return table

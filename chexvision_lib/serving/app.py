@@ -7,7 +7,8 @@ The page decodes an upload with `image_io.load_grey` and scores it with `predict
 the pixels and the code of `chexvision predict`: the page and the command give the same
 probabilities for the same file. It shows the abnormal probability against the model's stored
 threshold, the 14 finding probabilities (table and bar chart, thresholds marked), the pixels the
-model saw and a Grad-CAM overlay for an output the user picks. Example films are drawn by the
+model saw and a CAM overlay for an output and a method (Grad-CAM by default; the pytorch-grad-cam
+methods of `cam_methods`) the user picks. Example films are drawn by the
 synthetic generator at first use (cached on disk), so nothing binary lives in git.
 
 Gradio is optional (requirements.txt has it, the package does not require it): it is imported only
@@ -37,6 +38,12 @@ from chexvision_lib.core.disclaimer import DISCLAIMER
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, NO_FINDING, OUTPUTS
 from chexvision_lib.core.predictions import prob_column
 from chexvision_lib.data.image_io import MAX_PIXELS, MIN_SIDE, ImageDecodeError, load_grey
+from chexvision_lib.explain.cam_methods import (
+    CAM_METHODS,
+    DEFAULT_CAM_METHOD,
+    cam_method,
+    display_name,
+)
 from chexvision_lib.explain.gradcam import grad_cam, normalised_inputs, overlay
 from chexvision_lib.models.predict import predict_arrays
 from chexvision_lib.models.registry import ChestClassifier
@@ -91,15 +98,16 @@ class Analysis:
     pixels: np.ndarray  # (S, S) uint8: exactly what the model saw
     probabilities: np.ndarray  # (15,) in labels.OUTPUTS order; NaN findings for a binary head
     cam_output: str
-    cam_overlay: np.ndarray  # (S, S, 3) uint8: Grad-CAM of `cam_output` over `pixels`
-    seconds: float  # decode + model + Grad-CAM
+    cam_overlay: np.ndarray  # (S, S, 3) uint8: the CAM of `cam_output` over `pixels`
+    seconds: float  # decode + model + CAM
+    cam_method: str = DEFAULT_CAM_METHOD  # a cam_methods name
 
 
 class ImageScorer:
     """A loaded model, scoring one image at a time.
 
     Gradio runs handlers in worker threads; the lock keeps two requests from interleaving inside
-    the model (Grad-CAM registers a hook on it, and predict converts it to channels_last).
+    the model (a CAM registers hooks on it, and predict converts it to channels_last).
     """
 
     def __init__(self, model: ChestClassifier) -> None:
@@ -108,19 +116,23 @@ class ImageScorer:
         self.image_size = int(model.preprocessing["image_size"])
         self._lock = threading.Lock()
 
-    def analyse(self, data: bytes, name: str, cam_output: str) -> Analysis:
-        """Decode, score and explain an image file's bytes; ImageDecodeError for non-images."""
+    def analyse(
+        self, data: bytes, name: str, cam_output: str, method: str = DEFAULT_CAM_METHOD
+    ) -> Analysis:
+        """Decode, score and explain an image file's bytes with the CAM `method` (a
+        cam_methods name); ImageDecodeError for non-images."""
         if cam_output not in self.model.output_names:
             raise ValueError(
-                f"Grad-CAM output {cam_output!r} is not an output of this model; "
+                f"CAM output {cam_output!r} is not an output of this model; "
                 f"expected one of {', '.join(self.model.output_names)}"
             )
+        cam_method(method)  # ValueError naming the methods offered
         started = time.perf_counter()
         # A writable copy: PIL's array is read-only, and torch.from_numpy warns on those.
         pixels = load_grey(data, self.image_size, name=name).copy()
         with self._lock:
             probabilities = predict_arrays(self.model, pixels[None])[0]
-            heat = self._cam_map(pixels, cam_output)
+            heat = self._cam_map(pixels, cam_output, method)
         return Analysis(
             image_name=name,
             pixels=pixels,
@@ -128,12 +140,13 @@ class ImageScorer:
             cam_output=cam_output,
             cam_overlay=overlay(pixels, heat),
             seconds=time.perf_counter() - started,
+            cam_method=method,
         )
 
-    def _cam_map(self, pixels: np.ndarray, output: str) -> np.ndarray:
+    def _cam_map(self, pixels: np.ndarray, output: str, method: str) -> np.ndarray:
         x = normalised_inputs(pixels[None], self.model.preprocessing, self.device)
         # OUTPUTS indices work for both heads: grad_cam maps "Abnormal" (14) to a binary head's 0.
-        return grad_cam(self.model, x, OUTPUTS.index(output)).maps[0]
+        return grad_cam(self.model, x, OUTPUTS.index(output), method=method).maps[0]
 
 
 def stored_thresholds(model: ChestClassifier) -> dict[str, float | None]:
@@ -391,12 +404,14 @@ def build_app(
     def empty_outputs(message: str) -> tuple[Any, ...]:
         return (message, "", None, None, None, empty_findings_table(), {})
 
-    def analyse(file_path: str | None, cam_output: str) -> tuple[Any, ...]:
+    def analyse(
+        file_path: str | None, cam_output: str, method: str = DEFAULT_CAM_METHOD
+    ) -> tuple[Any, ...]:
         if not file_path:
             return empty_outputs(PROMPT)
         name = Path(file_path).name
         try:
-            analysis = scorer.analyse(Path(file_path).read_bytes(), name, cam_output)
+            analysis = scorer.analyse(Path(file_path).read_bytes(), name, cam_output, method)
         except ImageDecodeError as error:
             return _refused(gr, empty_outputs, _without_object_repr(str(error)))
         except Exception:  # the page shows a message, never a traceback; the log keeps it
@@ -405,11 +420,14 @@ def build_app(
                 gr, empty_outputs, f"{name}: could not be analysed (internal error; see log)"
             )
         abnormal = float(analysis.probabilities[OUTPUTS.index(ABNORMAL)])
+        shown = display_name(analysis.cam_method)
         status = (
             f"Scored **{html.escape(name)}** in {analysis.seconds:.2f} s "
-            f"(decode, model and Grad-CAM on {scorer.device.type.upper()}). "
-            f"Grad-CAM shows **{analysis.cam_output}**."
+            f"(decode, model and {shown} on {scorer.device.type.upper()}). "
+            f"{shown} shows **{analysis.cam_output}**."
         )
+        if not cam_method(analysis.cam_method).uses_target:
+            status += f" ({shown} is class-agnostic: the same map for every output.)"
         return (
             status,
             abnormal_summary_html(abnormal, thresholds[ABNORMAL]),
@@ -435,9 +453,17 @@ def build_app(
                 cam_output = gr.Dropdown(
                     choices=list(model.output_names),
                     value=ABNORMAL,
-                    label="Grad-CAM for",
+                    label="CAM for",
                     info="Which output's evidence to draw (an evidence map, not a segmentation)",
                     elem_id="cam-output",
+                )
+                method = gr.Dropdown(
+                    choices=[(display_name(name), name) for name in CAM_METHODS],
+                    value=DEFAULT_CAM_METHOD,
+                    label="CAM method",
+                    info="pytorch-grad-cam's methods; Score-CAM runs one forward pass per "
+                    "feature channel (slow on a CPU)",
+                    elem_id="cam-method",
                 )
                 run = gr.Button("Analyse", variant="primary", elem_id="analyse")
                 status = gr.Markdown(PROMPT, elem_id="status")
@@ -455,7 +481,7 @@ def build_app(
                     )
                     # A fixed label: a changing one would make the API answer an update dict
                     # instead of the image. The status line names the output.
-                    cam_image = _picture(gr, "Grad-CAM for the chosen output", "cam-overlay")
+                    cam_image = _picture(gr, "CAM for the chosen output", "cam-overlay")
                 chart = _picture(gr, "Finding probabilities", "chart", height=None)
                 table = gr.Dataframe(
                     value=empty_findings_table(),
@@ -466,9 +492,9 @@ def build_app(
                 with gr.Accordion("Raw numbers (JSON, as `chexvision predict --json`)", open=False):
                     record = gr.JSON(elem_id="record")
         gr.on(
-            triggers=[upload.change, cam_output.change, run.click],
+            triggers=[upload.change, cam_output.change, method.change, run.click],
             fn=analyse,
-            inputs=[upload, cam_output],
+            inputs=[upload, cam_output, method],
             outputs=[status, summary, model_input, cam_image, chart, table, record],
             api_name=API_NAME,
         )
