@@ -27,6 +27,7 @@ SUBCOMMANDS = (
     "compare",
     "labels",
     "score",
+    "leaderboard",
     "predict",
     "card",
     "push",

@@ -239,6 +239,7 @@ def test_all_findings_no_abnormal_column_match_sklearn(nih: Path, tmp_path: Path
         "confusion_findings.png",
         "roc_abnormal.png",
         "confusion_abnormal.png",
+        "reliability.png",
     }
 
 

@@ -9,6 +9,7 @@ from chexvision_lib.cli import (
     data,
     evaluate,
     kaggle,
+    leaderboard,
     predict,
     publish,
     score,
@@ -19,7 +20,7 @@ from chexvision_lib.cli import (
 from chexvision_lib.cli.arguments import one_line_errors
 from chexvision_lib.cli.errors import debug_requested, is_user_error, report
 
-COMMAND_GROUPS = (data, train, evaluate, score, predict, publish, kaggle, study, serve)
+COMMAND_GROUPS = (data, train, evaluate, score, leaderboard, predict, publish, kaggle, study, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

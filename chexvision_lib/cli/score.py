@@ -15,11 +15,12 @@ if TYPE_CHECKING:
 
 def write_figures(folder: Path, frame: pd.DataFrame, metrics: dict) -> list[Path]:
     """The figures `report` draws for an evaluated split (ROC grid, AUC bars, ROC of Abnormal,
-    confusion matrices), under FOLDER/figures/. Confusion matrices are at 0.5: scores from
-    another tool carry no validation-chosen thresholds."""
+    confusion matrices, reliability diagrams), under FOLDER/figures/. Confusion matrices are at
+    0.5: scores from another tool carry no validation-chosen thresholds."""
     from chexvision_lib.core.labels import ABNORMAL, FINDINGS
     from chexvision_lib.evaluation.score import ABNORMAL_RULE
     from chexvision_lib.reporting import plots
+    from chexvision_lib.reporting.calibration_plots import reliability_diagram
 
     out = folder / "figures"
     out.mkdir(parents=True, exist_ok=True)
@@ -51,6 +52,9 @@ def write_figures(folder: Path, frame: pd.DataFrame, metrics: dict) -> list[Path
             split_label=label,
         )
         written += [out / "roc_abnormal.png", out / "confusion_abnormal.png"]
+    if plottable:
+        reliability_diagram(frame, out / "reliability.png", split_label=label)
+        written.append(out / "reliability.png")
     return written
 
 

@@ -16,9 +16,10 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, OUTPUTS
-from chexvision_lib.core.predictions import read_predictions
+from chexvision_lib.core.predictions import prob_column, read_predictions
 from chexvision_lib.data.batches import CachedSplit
 from chexvision_lib.data.provenance import verify_nih_source
+from chexvision_lib.evaluation.calibration import apply_temperature
 from chexvision_lib.explain.cam_methods import DEFAULT_CAM_METHOD, display_name
 from chexvision_lib.explain.gradcam import (
     grad_cam,
@@ -29,6 +30,7 @@ from chexvision_lib.explain.gradcam import (
 )
 from chexvision_lib.models.loading import load_model
 from chexvision_lib.reporting import plots
+from chexvision_lib.reporting.calibration_plots import reliability_diagram
 from chexvision_lib.runtime.devices import resolve_device
 
 BBOX_NAMES = ("BBox_List_2017.csv", "BBox_List_2017.csv.gz")
@@ -59,7 +61,8 @@ def _load(run: Path, split: str) -> tuple[pd.DataFrame, dict, dict]:
 
 
 def write_figures(run_dir: str | Path, split: str = "test") -> dict[str, Figure]:
-    """ROC curves, confusion matrices, training curves and AUC bars as RUN/<split>/figures/*.png.
+    """ROC curves, confusion matrices, reliability diagrams (before/after temperature scaling),
+    training curves and AUC bars as RUN/<split>/figures/*.png.
 
     Returns the figures by file stem, for inline display in notebooks.
     """
@@ -90,11 +93,30 @@ def write_figures(run_dir: str | Path, split: str = "test") -> dict[str, Figure]
     figures["confusion_abnormal"] = plots.confusion_matrices(
         metrics, out / "confusion_abnormal.png", outputs=[ABNORMAL], split_label=label
     )
+    temperatures = json.loads((run / "model" / "config.json").read_text()).get("temperatures")
+    figures["reliability"] = reliability_diagram(
+        unscaled(predictions, temperatures),
+        out / "reliability.png",
+        temperatures=temperatures,
+        split_label=label,
+    )
     if (run / "history.csv").exists():
         figures["training_curves"] = plots.training_curves(
             pd.read_csv(run / "history.csv"), out / "training_curves.png"
         )
     return figures
+
+
+def unscaled(predictions: pd.DataFrame, temperatures: list[float | None] | None) -> pd.DataFrame:
+    """predictions.csv's probabilities as the raw model gave them, before the temperatures it
+    applies (so a reliability diagram can show before and after)."""
+    if not temperatures:
+        return predictions
+    columns = [prob_column(name) for name in OUTPUTS]
+    inverse = [None if t is None else 1.0 / t for t in temperatures]
+    raw = predictions.copy()
+    raw[columns] = apply_temperature(predictions[columns].to_numpy(dtype=float), inverse)
+    return raw
 
 
 def _cache_for(run: Path, cache: str | Path | None) -> str:

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 from chexvision_lib.core.disclaimer import DISCLAIMER
+from chexvision_lib.core.labels import ABNORMAL
 from chexvision_lib.data.prepare import prepare
 from chexvision_lib.data.synthetic import write_synthetic_nih
 from chexvision_lib.evaluation.evaluate import evaluate_run, summary_line
+from chexvision_lib.reporting import report
 from chexvision_lib.training.config import TrainConfig
 from chexvision_lib.training.loop import fit
 
@@ -49,13 +51,18 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     checkpoint = run / "checkpoints" / "last.pt"
     fit(config, resume=checkpoint.exists())
     metrics = evaluate_run(run, "test", n_resamples=500)
+    # A newcomer's first run ends with pictures: ROC curves, calibration, a Grad-CAM grid.
+    report.write_figures(run, "test")
+    report.gradcam_grid(run, "test", output=ABNORMAL)
     minutes = (time.perf_counter() - started) / 60
     print()
     print(summary_line(metrics))
     print(
-        f"outputs: {run}/model (weights + thresholds), {run}/history.csv, "
+        f"outputs: {run}/model (weights, thresholds, temperatures), {run}/history.csv, "
         f"{run}/test/predictions.csv, {run}/test/metrics.json"
     )
+    figures = sorted(p.name for p in (run / "test" / "figures").glob("*.png"))
+    print(f"figures: {run}/test/figures/ ({', '.join(figures)})")
     print(f"demo took {minutes:.1f} min on the synthetic set (not real radiographs).")
     print(DISCLAIMER)
     return metrics
