@@ -72,3 +72,23 @@ def test_evaluate_reports_calibration_before_and_after(run: Path):
     assert "change" in abnormal
     points = metrics["operating_points"]
     assert points is not None and json.dumps(points)  # JSON-safe, with the fixed targets
+
+
+def test_ppv_and_npv_at_a_given_prevalence(run: Path, capsys):
+    from chexvision_lib.cli.main import main as cli_main
+
+    assert cli_main(["evaluate", str(run), "--resamples", "20", "--prevalence", "0.05"]) == 0
+    metrics = json.loads((run / "test" / "metrics.json").read_text())
+    abnormal = metrics["operating_points"]["outputs"][ABNORMAL]
+    assert abnormal["prevalence"] == 0.05
+    checked = 0
+    for point in abnormal["sensitivity_at_specificity"] + abnormal["specificity_at_sensitivity"]:
+        sens, spec = point["sensitivity"], point["specificity"]
+        called_positive = sens * 0.05 + (1 - spec) * 0.95
+        if called_positive > 0:  # Bayes' rule; undefined when nothing is called positive
+            assert point["ppv_at_prevalence"] == pytest.approx(sens * 0.05 / called_positive)
+            checked += 1
+    assert checked
+    with pytest.raises(SystemExit):
+        cli_main(["evaluate", str(run), "--prevalence", "1.5"])
+    assert "--prevalence: must be a number in (0, 1)" in capsys.readouterr().err

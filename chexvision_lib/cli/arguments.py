@@ -24,6 +24,17 @@ def at_least_one(what: str) -> Callable[[str], int]:
     return whole_number
 
 
+def prevalence(text: str) -> float:
+    """An argparse type: a prevalence strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
+    return value
+
+
 def one_line_errors(parser: argparse.ArgumentParser) -> None:
     """Argument errors as one line naming the flag, exit status 2 (argparse would print the usage
     first), with a pointer to --help."""

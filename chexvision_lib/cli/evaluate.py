@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from chexvision_lib.cli.arguments import prevalence
 from chexvision_lib.core.disclaimer import DISCLAIMER
 from chexvision_lib.explain.cam_methods import CAM_METHODS, DEFAULT_CAM_METHOD
 
@@ -15,7 +16,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from chexvision_lib.evaluation.evaluate import evaluate_run, summary_line
 
     metrics = evaluate_run(
-        args.run, args.split, cache=args.cache, device=args.device, n_resamples=args.resamples
+        args.run,
+        args.split,
+        cache=args.cache,
+        device=args.device,
+        n_resamples=args.resamples,
+        prevalence=args.prevalence,
     )
     print(summary_line(metrics))
     print(f"wrote {Path(metrics['folder']) / 'metrics.json'} and predictions.csv")
@@ -86,6 +92,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", help="another cache to evaluate on (external validation)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--resamples", type=int, default=2000, help="patient bootstrap resamples")
+    p.add_argument(
+        "--prevalence",
+        type=prevalence,
+        help="also give PPV and NPV at this prevalence (e.g. a screening population's)",
+    )
     p.set_defaults(func=run_evaluate)
 
     p = commands.add_parser("report", help="figures, Grad-CAM grid, localisation scores")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chexvision_lib.cli.arguments import at_least_one
+from chexvision_lib.cli.arguments import at_least_one, prevalence
 from chexvision_lib.core.disclaimer import DISCLAIMER
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ def run_score(args: argparse.Namespace) -> None:
         reference=args.reference,
         out=args.out,
         n_resamples=args.resamples,
+        prevalence=args.prevalence,
         logits=args.logits,
         reference_logits=args.reference_logits,
         skip_unknown=args.skip_unknown,
@@ -124,6 +125,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--reference", help="another predictions CSV: DeLong test per output")
     p.add_argument("--out", help="output folder (default: PREDICTIONS_score/ beside the file)")
+    p.add_argument(
+        "--prevalence",
+        type=prevalence,
+        help="also give PPV and NPV at this prevalence (e.g. a screening population's)",
+    )
     p.add_argument(
         "--resamples",
         type=at_least_one("patient bootstrap resamples"),

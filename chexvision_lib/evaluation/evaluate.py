@@ -57,6 +57,7 @@ def metrics_from_predictions(
     n_resamples: int = 2000,
     seed: int = 0,
     temperatures: list[float | None] | None = None,
+    prevalence: float | None = None,
 ) -> dict:
     """AUCs with patient-bootstrap 95% CIs, and operating-point metrics at the stored thresholds
     and at 0.5, for each of the 15 outputs that has labels and probabilities; calibration (Brier,
@@ -65,6 +66,7 @@ def metrics_from_predictions(
 
     `temperatures`: those the model applied to produce `frame`'s probabilities (config.json);
     calibration is then reported before (the probabilities undone to the raw model's) and after.
+    `prevalence`: the operating points also give PPV and NPV at this prevalence (Bayes' rule).
     """
     probs = frame[[prob_column(n) for n in OUTPUTS]].to_numpy(dtype=np.float64)
     labels = frame[[label_column(n) for n in OUTPUTS]].to_numpy(dtype=np.float64)
@@ -128,7 +130,7 @@ def metrics_from_predictions(
         )
     result.update(
         calibration_and_operating_points(
-            labels, probs, patients, usable, temperatures, n_resamples, seed
+            labels, probs, patients, usable, temperatures, n_resamples, seed, prevalence
         )
     )
     return _clean(result)
@@ -142,6 +144,7 @@ def calibration_and_operating_points(
     temperatures: list[float | None] | None,
     n_resamples: int,
     seed: int,
+    prevalence: float | None = None,
 ) -> dict:
     """metrics.json's "calibration" and "operating_points" for the usable outputs."""
     names = [OUTPUTS[i] for i in usable]
@@ -159,7 +162,9 @@ def calibration_and_operating_points(
         p_raw = p
     return {
         "calibration": calibration_summary(y, p_raw, patients, temperatures=scaled, **options),
-        "operating_points": operating_points_summary(y, p, patients, **options),
+        "operating_points": operating_points_summary(
+            y, p, patients, prevalence=prevalence, **options
+        ),
     }
 
 
@@ -230,6 +235,7 @@ def evaluate_run(
     batch_size: int = 64,
     n_resamples: int = 2000,
     show_progress: bool = True,
+    prevalence: float | None = None,
 ) -> dict:
     """Score `split` of the run's cache (or another cache) with the run's shipped model.
 
@@ -273,6 +279,7 @@ def evaluate_run(
         split=split,
         n_resamples=n_resamples,
         temperatures=model.temperatures,
+        prevalence=prevalence,
     )
     model_config = json.loads((run / "model" / "config.json").read_text())
     # Which checkpoint produced these numbers: a model card may only quote metrics whose
@@ -290,14 +297,19 @@ def evaluate_run(
     return {**metrics, "folder": str(out)}
 
 
+def _interval(ci: list | None) -> str:
+    """ " [lo, hi]", or "" where the bootstrap could not give one (too few resamples kept)."""
+    if not ci or any(bound is None for bound in ci):
+        return ""
+    return f" [{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
 def summary_line(metrics: dict) -> str:
     parts = [f"{metrics['split']}: {metrics['n_images']} images / {metrics['n_patients']} patients"]
     if metrics.get("macro_auc") is not None:
         ci = metrics.get("macro_auc_ci95")
-        parts.append(
-            f"macro AUC {metrics['macro_auc']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
-        )
+        parts.append(f"macro AUC {metrics['macro_auc']:.4f}" + _interval(ci))
     if metrics.get("binary_auc") is not None:
         ci = metrics["outputs"][ABNORMAL]["auc_ci95"]
-        parts.append(f"binary AUC {metrics['binary_auc']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]")
+        parts.append(f"binary AUC {metrics['binary_auc']:.4f}" + _interval(ci))
     return ", ".join(parts)

@@ -579,6 +579,7 @@ def score_predictions(
     reference_logits: bool = False,
     skip_unknown: bool = False,
     seed: int = 0,
+    prevalence: float | None = None,
 ) -> ScoreResult:
     """Score a predictions file of any tool; write OUT/metrics.json, predictions.csv (our schema,
     so `compare`, `labels` and the figures read it), subgroups.csv, and expert_labels.csv /
@@ -600,7 +601,12 @@ def score_predictions(
     split, description = split_name(check)
 
     metrics = metrics_from_predictions(
-        _scored_only(frame), [None] * len(OUTPUTS), split=split, n_resamples=n_resamples, seed=seed
+        _scored_only(frame),
+        [None] * len(OUTPUTS),
+        split=split,
+        n_resamples=n_resamples,
+        seed=seed,
+        prevalence=prevalence,
     )
     metrics["split_description"] = description
     metrics["split_check"] = check
