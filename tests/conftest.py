@@ -84,3 +84,27 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "nih"
     write_synthetic_nih(root, n_patients=60, image_size=128, seed=3)
     return root
+
+
+def tiny_evaluated_run(synth_root: Path, root: Path) -> Path:
+    """One epoch of seresnet_small on the synthetic set at 64 px, evaluated on test and val: the
+    run the publishing tests build model folders and cards from."""
+    from chexvision_lib.data.prepare import prepare
+    from chexvision_lib.evaluation.evaluate import evaluate_run
+    from chexvision_lib.training.config import TrainConfig
+    from chexvision_lib.training.loop import fit
+
+    cache = prepare(synth_root, root / "cache", size=64, progress=False)
+    config = TrainConfig(
+        cache=str(cache),
+        out=str(root / "run"),
+        model="seresnet_small",
+        epochs=1,
+        batch_size=16,
+        threads=2,
+        deterministic=True,
+    )
+    run = fit(config, show_progress=False)
+    evaluate_run(run, "test", n_resamples=50, show_progress=False)
+    evaluate_run(run, "val", n_resamples=50, show_progress=False)
+    return run

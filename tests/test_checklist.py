@@ -9,10 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import tiny_evaluated_run
 
-from chexvision_lib.data.prepare import prepare
 from chexvision_lib.data.provenance import OFFICIAL_SPLIT_SHA256
-from chexvision_lib.evaluation.evaluate import evaluate_run
 from chexvision_lib.publishing.checklist import (
     ITEMS,
     NOT_APPLICABLE,
@@ -27,8 +26,6 @@ from chexvision_lib.publishing.model_card import (
     render_model_card,
 )
 from chexvision_lib.publishing.model_folder import build_model_folder, data_section
-from chexvision_lib.training.config import TrainConfig
-from chexvision_lib.training.loop import fit
 
 # TRIPOD+AI (BMJ 2024): 27 main items, some split into lettered subitems (3a-c, 5a-b, 6a-c,
 # 8a-c, 9a-c, 12a-g, 18a-f, 20a-c, 23a-b, 27a-c). CLAIM 2024 update: items 1 to 44.
@@ -48,19 +45,7 @@ CLAIM_ITEMS = {str(n) for n in range(1, 45)}
 @pytest.fixture(scope="module")
 def run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("checklist")
-    cache = prepare(synth_root, root / "cache", size=64, progress=False)
-    config = TrainConfig(
-        cache=str(cache),
-        out=str(root / "run"),
-        model="seresnet_small",
-        epochs=1,
-        batch_size=16,
-        threads=2,
-        deterministic=True,
-    )
-    run = fit(config, show_progress=False)
-    evaluate_run(run, "test", n_resamples=50, show_progress=False)
-    evaluate_run(run, "val", n_resamples=50, show_progress=False)
+    run = tiny_evaluated_run(synth_root, root)
     return run
 
 

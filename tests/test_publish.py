@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import safetensors.torch
 import torch
+from conftest import tiny_evaluated_run
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, ModelCard
 from PIL import Image
 
@@ -26,9 +27,7 @@ from chexvision_lib.cli.main import build_parser
 from chexvision_lib.cli.main import main as cli_main
 from chexvision_lib.core.hub_access import MissingTokenError, resolve_token
 from chexvision_lib.core.labels import ABNORMAL, OUTPUTS
-from chexvision_lib.data.prepare import prepare
 from chexvision_lib.data.provenance import OFFICIAL_SPLIT_SHA256
-from chexvision_lib.evaluation.evaluate import evaluate_run
 from chexvision_lib.models.registry import ChestClassifier
 from chexvision_lib.publishing.hub import push_model_folder
 from chexvision_lib.publishing.model_card import render_model_card
@@ -39,9 +38,7 @@ from chexvision_lib.publishing.model_folder import (
     data_section,
     without_local_paths,
 )
-from chexvision_lib.training.config import TrainConfig
 from chexvision_lib.training.hub_checkpoints import make_epoch_uploader
-from chexvision_lib.training.loop import fit
 
 # The shape of a real token ("hf_" + 34 letters), made up.
 FAKE_TOKEN = "hf_" + "QwErTyUiOpAsDfGhJkLzXcVbNmQwErTyUi"
@@ -56,19 +53,7 @@ SYNTHETIC_TEST_SPLIT = "test_list.txt of the synthetic set"
 @pytest.fixture(scope="module")
 def run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("publish")
-    cache = prepare(synth_root, root / "cache", size=64, progress=False)
-    config = TrainConfig(
-        cache=str(cache),
-        out=str(root / "run"),
-        model="seresnet_small",
-        epochs=1,
-        batch_size=16,
-        threads=2,
-        deterministic=True,
-    )
-    run = fit(config, show_progress=False)
-    evaluate_run(run, "test", n_resamples=50, show_progress=False)
-    evaluate_run(run, "val", n_resamples=50, show_progress=False)
+    run = tiny_evaluated_run(synth_root, root)
     # Stands in for a Grad-CAM grid written by the explain step: the folder must pick it up.
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(run / "test" / "gradcam_grid.png")
     return run
