@@ -533,6 +533,20 @@ def _column_entries(ci: dict, j: int) -> dict:
     }
 
 
+def column_names(names: Sequence[str] | None, n_columns: int) -> list[str]:
+    """The output name of each column: `names`, or OUTPUTS when there are 15 columns."""
+    if names is None:
+        return (
+            list(OUTPUTS)
+            if n_columns == len(OUTPUTS)
+            else [f"output_{j}" for j in range(n_columns)]
+        )
+    names = list(names)
+    if len(names) != n_columns:
+        raise ValueError(f"names must name the {n_columns} columns; got {len(names)}")
+    return names
+
+
 def calibration_summary(
     Y: ArrayLike,
     P: ArrayLike,
@@ -564,11 +578,7 @@ def calibration_summary(
     """
     labels, scores = _matrices(Y, P)
     n_columns = labels.shape[1]
-    if names is None:
-        names = OUTPUTS if n_columns == len(OUTPUTS) else [f"output_{j}" for j in range(n_columns)]
-    names = list(names)
-    if len(names) != n_columns:
-        raise ValueError(f"names must name the {n_columns} columns; got {len(names)}")
+    names = column_names(names, n_columns)
     options = {"n_bins": n_bins, "strategy": strategy, "n_resamples": n_resamples, "seed": seed}
     after = None
     if temperatures is None:

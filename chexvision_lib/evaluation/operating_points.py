@@ -48,11 +48,12 @@ import numpy as np
 import scipy.sparse as sparse
 from numpy.typing import ArrayLike
 
-from chexvision_lib.core.labels import OUTPUTS, UNKNOWN
+from chexvision_lib.core.labels import UNKNOWN
 from chexvision_lib.evaluation.calibration import (
     _check_labels,
     _column_available,
     _patient_index,
+    column_names,
     json_safe,
     patient_count_chunks,
 )
@@ -581,11 +582,7 @@ def operating_points_summary(
     """
     labels, scores = _matrices(Y, P)
     n_columns = labels.shape[1]
-    if names is None:
-        names = OUTPUTS if n_columns == len(OUTPUTS) else [f"output_{j}" for j in range(n_columns)]
-    names = list(names)
-    if len(names) != n_columns:
-        raise ValueError(f"names must name the {n_columns} columns; got {len(names)}")
+    names = column_names(names, n_columns)
     if prevalence is None or np.ndim(prevalence) == 0:
         prevalences = [prevalence] * n_columns
     else:
