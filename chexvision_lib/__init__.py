@@ -7,6 +7,7 @@ The names below are the public API, imported on first use (so `import chexvision
     prepare(root, out, size=256)            index a dataset and decode it once into a cache
     TrainConfig(cache=..., out=...), fit()  train a run folder
     evaluate_run(run, "test")               predictions.csv + metrics.json with patient CIs
+    build_model("timm/convnext_tiny")       any built-in or timm architecture on our heads
     load_model(folder_or_repo)              a saved model, never unpickled
     predict_images(model, paths)            probabilities for image files
     build_model_folder(run, out)            weights + metrics + model card, ready to push
@@ -27,6 +28,8 @@ __getattr__, __dir__ = lazy_exports(
         "prepare": "data.prepare",
         "CachedSplit": "data.batches",
         "MODEL_NAMES": "models.registry",
+        "check_model_name": "models.registry",
+        "is_model_name": "models.registry",
         "build_model": "models.registry",
         "ChestClassifier": "models.registry",
         "load_model": "models.loading",

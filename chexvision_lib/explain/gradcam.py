@@ -26,7 +26,7 @@ import csv
 import gzip
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,8 @@ RANDOM_CONTROL = "random"
 ALL_FINDINGS = "all"
 
 Size = int | tuple[int, int]  # an original image size: side of a square, or (width, height)
+# Turns a CAM layer's output into (B, C, h, w) (a ViT's tokens, a Swin's channels-last maps).
+Reshape = Callable[[Tensor], Tensor]
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,8 +86,10 @@ def grad_cam(
     "Abnormal") select it, so callers can always use OUTPUTS indices. Each image is explained
     through its target's logit (the library's ClassifierOutputTarget: the raw logit, not the
     sigmoid, whose gradient would fade as the probability nears 0 or 1).
-    `layer`: the module whose output is the feature map; defaults to `model.cam_layer()`. If the
-    layer runs more than once in a forward pass, the library uses its first call.
+    `layer`: the module whose output is the feature map; defaults to the model's `cam_target()`
+    layer (with its reshape: a ViT's tokens or a Swin's (B, h, w, C) output made (B, C, h, w)),
+    else its `cam_layer()`. If the layer runs more than once in a forward pass, the library uses
+    its first call.
     `method`: a name in `cam_methods.CAM_METHODS` ("gradcam", "gradcam++", "scorecam", ...).
     `raw` is the library's per-layer map (for Grad-CAM sum_k alpha_k A_k) after ReLU, at the
     feature map's resolution; `maps` upsamples it with `upsample_and_normalise`.
@@ -100,7 +104,7 @@ def grad_cam(
     outlives the call.
     """
     spec = cam_methods.cam_method(method)
-    layer = _cam_layer(model, layer)
+    layer, reshape = _cam_target(model, layer)
     num_outputs = len(model.output_names) if hasattr(model, "output_names") else None
     if num_outputs is not None:  # a ChestClassifier: check targets before any compute
         indices = _target_indices(targets, len(x), num_outputs)
@@ -127,7 +131,9 @@ def grad_cam(
             inputs.requires_grad_(True)
             step = spec.images_per_pass or len(x)
             parts = [
-                _library_cam(spec.name, model, layer, inputs[i : i + step], indices[i : i + step])
+                _library_cam(
+                    spec.name, model, (layer, reshape), inputs[i : i + step], indices[i : i + step]
+                )
                 for i in range(0, len(x), step)
             ]
     finally:
@@ -143,20 +149,32 @@ def grad_cam(
 
 
 def _library_cam(
-    method: str, model: nn.Module, layer: nn.Module, inputs: Tensor, indices: Sequence[int]
+    method: str,
+    model: nn.Module,
+    target: tuple[nn.Module, Reshape | None],
+    inputs: Tensor,
+    indices: Sequence[int],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(raw (B, h, w), target logits (B,)) of one pytorch-grad-cam call."""
+    """(raw (B, h, w), target logits (B,)) of one pytorch-grad-cam call on `target`, a layer
+    and the reshape making its output (B, C, h, w) (None: it already is)."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    # Constructing the method registers the library's hooks on the layer (and calls eval()).
-    cam = cam_methods.cam_class(method)(model=model, target_layers=[layer])
+    layer, reshape = target
+    # Constructing the method registers the library's hooks on the layer (and calls eval()); the
+    # library applies `reshape` to the layer's output and to its gradient.
+    cam = cam_methods.cam_class(method)(
+        model=model, target_layers=[layer], reshape_transform=reshape
+    )
     ran: list[bool] = []
 
     def check_feature_map(_module: nn.Module, _inputs: Any, output: Any) -> None:
         ran.append(True)
+        if isinstance(output, Tensor) and reshape is not None:
+            output = reshape(output.detach())
         if not isinstance(output, Tensor) or output.ndim != 4:
             raise ValueError(
                 f"layer {type(layer).__name__} must output a (B, C, h, w) tensor for a CAM"
+                + (" after its reshape" if reshape is not None else "")
             )
 
     def hand_on_a_copy(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
@@ -211,14 +229,18 @@ def _check_logits(logits: Any, batch_size: int) -> Tensor:
     return logits
 
 
-def _cam_layer(model: nn.Module, layer: nn.Module | None) -> nn.Module:
+def _cam_target(model: nn.Module, layer: nn.Module | None) -> tuple[nn.Module, Reshape | None]:
+    """The layer to explain and its reshape: `layer` as given, else the model's own choice."""
     if layer is not None:
-        return layer
+        return layer, None
+    if hasattr(model, "cam_target"):
+        return model.cam_target()
     if not hasattr(model, "cam_layer"):
         raise ValueError(
-            f"{type(model).__name__} has no cam_layer(); pass layer=<the feature-map module>"
+            f"{type(model).__name__} has no cam_target() or cam_layer(); pass layer=<the "
+            "feature-map module>"
         )
-    return model.cam_layer()
+    return model.cam_layer(), None
 
 
 def _target_indices(targets: Sequence[int] | int, batch_size: int, num_outputs: int) -> list[int]:

@@ -12,11 +12,15 @@ and without unpickling anything. Loading checks config.json against this package
 order, input size, normalisation, architecture, thresholds) and the weights' names and shapes
 against the rebuilt model: a folder that disagrees is refused, naming the field.
 
+Besides the built-in names (MODEL_NAMES), `timm/<name>` is any timm model (see `timm_backbones`);
+`check_model_name` / `is_model_name` accept both.
+
 ImageNet weights are used only when asked for and only from local files: nothing here downloads.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import pickle
@@ -36,6 +40,8 @@ from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
 from chexvision_lib.core.labels import ABNORMAL, OUTPUTS
+from chexvision_lib.models import timm_backbones
+from chexvision_lib.models.timm_backbones import is_timm_arch
 
 HEADS: tuple[str, ...] = ("dual", "binary")
 INPUT_CHANNELS: tuple[int, ...] = (1, 3)
@@ -59,14 +65,19 @@ _NORMALISATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 }
 
 
-def _normalisation(family: str, in_chans: int) -> tuple[list[float], list[float]]:
-    """Return (mean, std) lists of length `in_chans` for a normalisation family.
+def _normalisation(arch: str, in_chans: int) -> tuple[list[float], list[float]]:
+    """Return (mean, std) lists of length `in_chans` for an architecture: its family's values,
+    or for a timm model those its pretrained tag was trained with.
 
     One grey channel gets the average of the three RGB values: with the first convolution's
-    weights summed over RGB (see `_sum_rgb_weights`), a grey image normalised this way gives
-    nearly the response the three-channel network gives to that image replicated to RGB.
+    weights summed over RGB (see `_sum_rgb_weights`; timm's `adapt_input_conv` does the same), a
+    grey image normalised this way gives nearly the response the three-channel network gives to
+    that image replicated to RGB.
     """
-    mean, std = _NORMALISATION[family]
+    if is_timm_arch(arch):
+        mean, std = timm_backbones.normalisation(arch)
+    else:
+        mean, std = _NORMALISATION[_architecture(arch).normalisation]
     if in_chans == 1:
         return [round(sum(mean) / 3, 6)], [round(sum(std) / 3, 6)]
     return list(mean), list(std)
@@ -341,15 +352,57 @@ _ARCHITECTURES: dict[str, _Architecture] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_ARCHITECTURES)
 
 
+def check_model_name(name: object, parameter: str = "arch") -> None:
+    """ValueError naming `parameter` unless `name` is a MODEL_NAMES entry or timm/<name> with a
+    name in `timm.list_models()` (optionally .<pretrained tag>); suggests close names."""
+    if isinstance(name, str) and name in _ARCHITECTURES:
+        return
+    if is_timm_arch(name):
+        timm_backbones.check_timm_arch(name, parameter)
+        return
+    close = difflib.get_close_matches(str(name), MODEL_NAMES, n=3)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise ValueError(
+        f"unknown {parameter} {name!r}{hint}; expected one of {', '.join(MODEL_NAMES)}, or "
+        "timm/<name> for a timm model (a name in timm.list_models())"
+    )
+
+
+def is_model_name(name: object) -> bool:
+    """Whether `check_model_name` accepts `name`."""
+    try:
+        check_model_name(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _architecture(arch: str) -> _Architecture:
+    """The built-in architecture `arch` (timm names are handled by `timm_backbones`)."""
+    check_model_name(arch)
     if arch not in _ARCHITECTURES:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(MODEL_NAMES)}")
+        raise ValueError(f"{arch} is a timm architecture, not a built-in one")
     return _ARCHITECTURES[arch]
 
 
 def min_image_size(arch: str) -> int:
     """Smallest `image_size` that `arch` accepts."""
+    if is_timm_arch(arch):
+        check_model_name(arch)
+        return timm_backbones.min_image_size(arch)
     return _architecture(arch).min_image_size
+
+
+def check_image_size(arch: str, image_size: int, in_chans: int = 1) -> None:
+    """ValueError naming the size and `arch` unless `arch` takes `image_size` (at least its
+    minimum; for a timm ViT a multiple of its patch size, and a size it runs on)."""
+    minimum = min_image_size(arch)
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < minimum:
+        raise ValueError(
+            f"image_size must be an integer >= {minimum} for arch {arch!r}, got {image_size!r}"
+        )
+    if is_timm_arch(arch):
+        timm_backbones.check_image_size(arch, image_size, in_chans)
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,16 +449,12 @@ def _make_first_conv_grey(backbone: nn.Module, first_conv: str) -> None:
 def _validate_arguments(
     arch: str, image_size: int, in_chans: int, head: str, dropout: float
 ) -> None:
-    spec = _architecture(arch)
+    check_model_name(arch)
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
     if in_chans not in INPUT_CHANNELS:
         raise ValueError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}")
-    if not isinstance(image_size, int) or image_size < spec.min_image_size:
-        raise ValueError(
-            f"image_size must be an integer >= {spec.min_image_size} for arch {arch!r}, "
-            f"got {image_size!r}"
-        )
+    check_image_size(arch, image_size, in_chans)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 
@@ -499,9 +548,12 @@ def check_model_config(config: dict[str, Any], where: str) -> None:
     architecture's normalisation, and thresholds must be probabilities, one per output.
     """
     arch = config.get("arch", _MISSING)
-    if not isinstance(arch, str) or arch not in _ARCHITECTURES:
-        raise _field_error(where, "arch", arch, f"one of {', '.join(MODEL_NAMES)}")
-    spec = _ARCHITECTURES[arch]
+    if not is_model_name(arch):
+        raise _field_error(
+            where, "arch", arch, f"one of {', '.join(MODEL_NAMES)}, or timm/<a timm model name>"
+        )
+    if is_timm_arch(arch):
+        _check_timm_version(config.get("timm_version", _MISSING), where)
     head = config.get("head", _MISSING)
     if head not in HEADS:
         raise _field_error(where, "head", head, f"one of {', '.join(HEADS)}")
@@ -509,13 +561,20 @@ def check_model_config(config: dict[str, Any], where: str) -> None:
     if not _is_int(in_chans) or in_chans not in INPUT_CHANNELS:
         raise _field_error(where, "in_chans", in_chans, "1 (grey) or 3 (RGB)")
     image_size = config.get("image_size", _MISSING)
-    if not _is_int(image_size) or image_size < spec.min_image_size:
+    minimum = min_image_size(arch)
+    if not _is_int(image_size) or image_size < minimum:
         raise _field_error(
             where,
             "image_size",
             image_size,
-            f"an integer >= {spec.min_image_size} (the smallest input {arch} accepts)",
+            f"an integer >= {minimum} (the smallest input {arch} accepts)",
         )
+    try:
+        check_image_size(arch, image_size, in_chans)
+    except ValueError as error:
+        raise _field_error(
+            where, "image_size", image_size, f"a size {arch} takes ({error})"
+        ) from None
     dropout = config.get("dropout", 0.0)
     if not _is_number(dropout) or not 0.0 <= dropout < 1.0:
         raise _field_error(where, "dropout", dropout, "a number in [0, 1)")
@@ -541,8 +600,12 @@ def check_model_config(config: dict[str, Any], where: str) -> None:
         found = preprocessing.get(field, _MISSING)
         if not _is_int(found) or found != value:
             raise _field_error(where, f"preprocessing.{field}", found, f"{value}, as {field}")
-    family = spec.normalisation
-    for field, values in zip(("mean", "std"), _normalisation(family, in_chans), strict=True):
+    family = (
+        timm_backbones.normalisation_name(arch)
+        if is_timm_arch(arch)
+        else _ARCHITECTURES[arch].normalisation
+    )
+    for field, values in zip(("mean", "std"), _normalisation(arch, in_chans), strict=True):
         found = preprocessing.get(field, _MISSING)
         if (
             not isinstance(found, list)
@@ -559,6 +622,29 @@ def check_model_config(config: dict[str, Any], where: str) -> None:
                 f"{json.dumps(values)} (the {family} normalisation of {arch}, one number per "
                 f"input channel, in_chans {in_chans})",
             )
+
+
+_VERSION = re.compile(r"\d+(\.\d+)*([.+-]?\w+)*")
+
+
+def _check_timm_version(recorded: Any, where: str) -> None:
+    """A timm architecture's config.json must say which timm built it; another installed timm is
+    only a warning, since check_weights then refuses weights whose names or shapes moved."""
+    if not isinstance(recorded, str) or not _VERSION.fullmatch(recorded):
+        raise _field_error(
+            where,
+            "timm_version",
+            recorded,
+            'the version of timm the model was saved with, e.g. "1.0.31" (save_pretrained '
+            "records it for timm/ architectures)",
+        )
+    installed = timm_backbones.timm_version()
+    if recorded != installed:
+        warnings.warn(
+            f"{where}/{CONFIG_FILE}: saved with timm {recorded}, timm {installed} is installed "
+            "(a model's layers can change between timm versions; the weights are checked next)",
+            stacklevel=3,
+        )
 
 
 def _check_thresholds(thresholds: Any, where: str) -> None:
@@ -669,7 +755,6 @@ class ChestClassifier(
     ) -> None:
         super().__init__()
         _validate_arguments(arch, image_size, in_chans, head, dropout)
-        spec = _architecture(arch)
         self.arch, self.image_size, self.in_chans, self.head = arch, image_size, in_chans, head
         self.dropout = dropout
         # Decision thresholds per labels.OUTPUTS entry, chosen on validation after training
@@ -679,9 +764,17 @@ class ChestClassifier(
         # Temperature scaling per labels.OUTPUTS entry, fitted on validation like the thresholds
         # (None: uncalibrated). `probabilities` divides the logits by them.
         self.temperatures = list(temperatures) if temperatures is not None else None
-        self.backbone = spec.build_backbone(in_chans)
-        self.num_features = spec.num_features
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool: nn.Module
+        if is_timm_arch(arch):
+            # timm pools inside the model (its own global pool, or the class token of a ViT).
+            self.backbone = timm_backbones.build_backbone(arch, in_chans, image_size)
+            self.num_features = timm_backbones.num_features(arch)
+            self.pool = nn.Identity()
+        else:
+            spec = _architecture(arch)
+            self.backbone = spec.build_backbone(in_chans)
+            self.num_features = spec.num_features
+            self.pool = nn.AdaptiveAvgPool2d(1)
         self.head_dropout = nn.Dropout(dropout)
         self.findings_head = (
             nn.Linear(self.num_features, len(OUTPUTS) - 1) if head == "dual" else None
@@ -726,10 +819,11 @@ class ChestClassifier(
         """How images must be prepared for this model: size, channels, normalisation, outputs.
 
         Normalisation follows the architecture, not whether ImageNet weights were loaded: a
-        torchvision backbone always uses its ImageNet statistics, so from-scratch and
-        ImageNet-initialised runs of one architecture share one input pipeline.
+        torchvision backbone always uses its ImageNet statistics (a timm one those of its
+        pretrained tag), so from-scratch and ImageNet-initialised runs of one architecture share
+        one input pipeline.
         """
-        mean, std = _normalisation(_architecture(self.arch).normalisation, self.in_chans)
+        mean, std = _normalisation(self.arch, self.in_chans)
         return {
             "image_size": self.image_size,
             "in_chans": self.in_chans,
@@ -750,8 +844,16 @@ class ChestClassifier(
         return torch.cat([self.findings_head(pooled), abnormal], dim=1)
 
     def cam_layer(self) -> nn.Module:
-        """The module whose output is the last feature map (B, C, h, w): Grad-CAM's target."""
-        return self.backbone.get_submodule(_architecture(self.arch).cam_layer)
+        """The module whose output is the last feature map: Grad-CAM's target (see cam_target)."""
+        return self.cam_target()[0]
+
+    def cam_target(self) -> tuple[nn.Module, Callable[[Tensor], Tensor] | None]:
+        """(layer, reshape): Grad-CAM's target layer and the function turning its output into
+        (B, C, h, w), None where it already is (every built-in architecture; timm CNNs). A timm
+        ViT's layer gives (B, prefix + h * w, C) tokens, a Swin's (B, h, w, C)."""
+        if is_timm_arch(self.arch):
+            return timm_backbones.cam_target(self.backbone)
+        return self.backbone.get_submodule(_architecture(self.arch).cam_layer), None
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())
@@ -766,10 +868,19 @@ class ChestClassifier(
     ) -> str | None:
         """Write model.safetensors, config.json and a README model card to `save_directory`.
 
-        config.json holds the constructor arguments and `preprocessing`; keys in `config` (for
-        example decision thresholds) are added, but cannot override those two.
+        config.json holds the constructor arguments and `preprocessing` (and for a timm
+        architecture `timm_version`); keys in `config` (for example decision thresholds) are
+        added, but cannot override those.
         """
-        full_config = {**(config or {}), **self.build_config, "preprocessing": self.preprocessing}
+        versions = (
+            {"timm_version": timm_backbones.timm_version()} if is_timm_arch(self.arch) else {}
+        )
+        full_config = {
+            **(config or {}),
+            **self.build_config,
+            **versions,
+            "preprocessing": self.preprocessing,
+        }
         return super().save_pretrained(save_directory, config=full_config, **kwargs)
 
     @classmethod
@@ -871,8 +982,13 @@ def find_pretrained_weights(arch: str, pretrained: str | Path) -> Path:
     """Locate a local torchvision state_dict for `arch`; never downloads.
 
     `pretrained` is "imagenet" (torchvision's IMAGENET1K_V1 file in the torch hub cache, where
-    torchvision itself would have saved it) or a path to a .pth/.pt/.safetensors file.
+    torchvision itself would have saved it) or a path to a .pth/.pt/.safetensors file. For a
+    timm architecture: "imagenet" (its tag's model.safetensors in the Hugging Face cache) or a
+    path to a .safetensors file (see `timm_backbones.find_weights`).
     """
+    if is_timm_arch(arch):
+        check_model_name(arch)
+        return timm_backbones.find_weights(arch, pretrained)
     spec = _architecture(arch)
     if spec.imagenet_weights is None:
         raise ValueError(
@@ -961,6 +1077,11 @@ def load_backbone_weights(model: ChestClassifier, path: str | Path) -> None:
     replaced classifier must be used: a partial load is an error, never a silent fallback.
     """
     path = Path(path)
+    if is_timm_arch(model.arch):  # timm converts and checks its own weights, as strictly
+        timm_backbones.load_weights(
+            model.backbone, model.arch, path, model.in_chans, model.image_size
+        )
+        return
     spec = _architecture(model.arch)
     state = _torchvision_to_backbone_state(spec, _read_state_dict(path), model.in_chans)
     expected = set(model.backbone.state_dict())
@@ -990,7 +1111,8 @@ def build_model(
     """Build a registered architecture, optionally starting from local pretrained weights.
 
     `pretrained`: None (random initialisation), "imagenet" (torchvision's file in the torch hub
-    cache) or a path to a torchvision state_dict (.pth, .pt or .safetensors). The heads are always
+    cache; for timm/<name>, timm's file in the Hugging Face cache) or a path to a torchvision
+    state_dict (.pth, .pt or .safetensors; timm weights: .safetensors). The heads are always
     new. Raises FileNotFoundError, saying where it looked, when the weights are not on disk.
     """
     weights_path = find_pretrained_weights(arch, pretrained) if pretrained is not None else None

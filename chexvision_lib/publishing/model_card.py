@@ -327,7 +327,7 @@ def card_metadata(inputs: CardInputs) -> ModelCardData:
         tags.append("unverified-data-source")
     datasets = [inputs.data["hub_repo_id"]] if inputs.data.get("hub_repo_id") else None
     return ModelCardData(
-        model_name=f"chexvision-{inputs.config['arch']}",
+        model_name=f"chexvision-{inputs.config['arch'].replace('/', '-')}",  # timm/<name>
         license=LICENSE,
         library_name=LIBRARY_NAME,
         pipeline_tag=PIPELINE_TAG,
@@ -346,13 +346,19 @@ def card_metadata(inputs: CardInputs) -> ModelCardData:
 def _architecture_words(inputs: CardInputs) -> str:
     config, training = inputs.config, inputs.training
     start = "trained from scratch"
+    timm_version = config.get("timm_version")
     if training.get("pretrained") == "imagenet":
-        start = "initialised from torchvision's ImageNet weights"
+        start = (
+            f"initialised from timm's ImageNet weights (`{config['arch']}`, timm {timm_version})"
+            if timm_version
+            else "initialised from torchvision's ImageNet weights"
+        )
     elif training.get("pretrained"):
         start = "initialised from a local pretrained weights file"
     elif training.get("init_from"):
         start = "fine-tuned from an earlier CheXVision model"
-    return f"`{config['arch']}` network, {start},"
+    built = f" (built by timm {timm_version})" if timm_version else ""
+    return f"`{config['arch']}` network{built}, {start},"
 
 
 def section_title_and_warning(inputs: CardInputs) -> str:
