@@ -34,6 +34,7 @@ SUBCOMMANDS = (
     "kaggle",
     "study",
     "external",
+    "cross-dataset",
     "demo",
     "app",
     "space",

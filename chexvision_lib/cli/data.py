@@ -8,6 +8,9 @@ from pathlib import Path
 
 from chexvision_lib.cli.arguments import at_least_one
 
+# The public datasets' kinds (data/prepare.SOURCE_KINDS), spelt out: `--help` imports no reader.
+SOURCE_KINDS = ("chexpert", "mimic", "padchest", "rsna", "indiana", "vindr")
+
 
 def run_synth(args: argparse.Namespace) -> None:
     from chexvision_lib.data.synthetic import write_synthetic_nih
@@ -21,11 +24,17 @@ def run_synth(args: argparse.Namespace) -> None:
 def run_prepare(args: argparse.Namespace) -> None:
     from chexvision_lib.data.prepare import prepare
 
+    options = {
+        name: getattr(args, dest)
+        for dest, name in READER_OPTION_FLAGS.items()
+        if getattr(args, dest) is not None
+    }
     folder = prepare(
         args.root,
         args.out,
         size=args.size,
         kind=args.kind,
+        options=options,
         metadata_root=args.metadata_root,
         val_fraction=args.val_fraction,
         seed=args.seed,
@@ -37,8 +46,45 @@ def run_prepare(args: argparse.Namespace) -> None:
     )
     info = json.loads((folder / "cache.json").read_text())
     print(f"cache ready: {folder} ({info['n']} images at {args.size}px)")
+    for line in dataset_report(folder, info):
+        print(line)
     for line in skipped_report(folder, info):
         print(line)
+
+
+def dataset_report(folder: Path, info: dict) -> list[str]:
+    """What the cache holds: images, patients, views, splits, and which outputs the dataset
+    labels (positives / known), computed from the cache's own index."""
+    import pandas as pd
+
+    from chexvision_lib.data.sources.common import dataset_summary
+
+    table = pd.read_csv(folder / "index.csv", dtype={"patient": str, "image_id": str})
+    summary = dataset_summary(table)
+    source = info.get("source", {})
+    views = ", ".join(f"{view} {count:,}" for view, count in summary["views"].items()) or "-"
+    counts = source.get("counts") or table["split"].value_counts().to_dict()
+    lines = [
+        f"  kind {source.get('kind', '?')}: {summary['images']:,} images, "
+        f"{summary['patients']:,} patients, {summary['frontal']:,} frontal (views: {views})",
+        "  splits: "
+        + ", ".join(f"{s} {int(counts.get(s, 0)):,}" for s in ("train", "val", "test")),
+    ]
+    if source.get("split_policy"):
+        lines.append(f"  split policy: {source['split_policy']}")
+    provided, unlabelled = [], []
+    for name, entry in summary["labels"].items():
+        known = entry["positive"] + entry["negative"]
+        if known:
+            provided.append(f"{name} {entry['positive']:,}/{known:,}")
+        else:
+            unlabelled.append(name)
+    lines.append("  labelled outputs (positives/known): " + (", ".join(provided) or "none"))
+    if unlabelled:
+        lines.append(
+            "  not labelled here (unknown, ignored by losses and metrics): " + ", ".join(unlabelled)
+        )
+    return lines
 
 
 def skipped_report(folder: Path, info: dict) -> list[str]:
@@ -63,6 +109,16 @@ def skipped_report(folder: Path, info: dict) -> list[str]:
     return lines or ["  nothing skipped"]
 
 
+# prepare's reader-option flags -> the option names the readers take (data/sources/*.OPTIONS);
+# written out here because `--help` must not import the readers (pandas).
+READER_OPTION_FLAGS = {
+    "uncertainty": "uncertainty",
+    "labeler": "labeler",
+    "rsna_target": "target",
+    "vindr_labels": "labels",
+}
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("synth", help="write the built-in synthetic NIH-layout dataset")
     p.add_argument("out", help="folder to write (Data_Entry CSV, split lists, boxes, images)")
@@ -72,14 +128,41 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_synth)
 
     p = commands.add_parser("prepare", help="index a dataset and decode it once into a cache")
-    p.add_argument("root", help="NIH copy, parquet folder, class folders or path,label CSV")
+    p.add_argument(
+        "root",
+        help="NIH copy, parquet folder, a public dataset's folder (CheXpert, MIMIC-CXR-JPG, "
+        "PadChest, RSNA, Indiana, VinDr), class folders or a path,label CSV",
+    )
     p.add_argument("--out", required=True, help="the cache folder to write")
     p.add_argument("--size", type=int, default=256, help="cached image side in px")
     p.add_argument(
         "--kind",
-        choices=["auto", "nih", "hub", "binary"],
+        choices=["auto", "nih", "hub", *SOURCE_KINDS, "binary"],
         default="auto",
-        help="dataset layout (auto: detected from ROOT)",
+        help="dataset layout (auto: detected from the file names below ROOT)",
+    )
+    p.add_argument(
+        "--uncertainty",
+        choices=["ignore", "ones", "zeros"],
+        help="chexpert, mimic: what an uncertain (-1) label becomes: unknown (ignored by the "
+        "loss and metrics; default), positive or negative (Irvin et al. 2019)",
+    )
+    p.add_argument(
+        "--labeler",
+        choices=["chexpert", "negbio"],
+        help="mimic: which label file to read, mimic-cxr-2.0.0-chexpert.csv or -negbio.csv",
+    )
+    p.add_argument(
+        "--rsna-target",
+        choices=["abnormal", "lung-opacity"],
+        help="rsna: Tang et al.'s two tasks: normal vs abnormal (all images; default) or normal "
+        "vs lung opacity (drops 'No Lung Opacity / Not Normal')",
+    )
+    p.add_argument(
+        "--vindr-labels",
+        choices=["majority", "any"],
+        help="vindr: a label is positive when at least 2 of the 3 radiologists marked it "
+        "(majority; default) or when any did",
     )
     p.add_argument("--metadata-root", help="for --kind hub: folder with Data_Entry CSV + lists")
     p.add_argument(
@@ -89,7 +172,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="share of train_val patients carved out for validation (by patient)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the validation carve")
-    p.add_argument("--views", help="comma-separated view positions to keep, e.g. PA or PA,AP")
+    p.add_argument(
+        "--views",
+        help="comma-separated view positions to keep, e.g. PA or PA,AP (NIH: PA, AP); the other "
+        "datasets use PA, AP, AP_SUPINE, FRONTAL, LATERAL, OTHER and keep the frontal ones by "
+        "default",
+    )
     p.add_argument(
         "--skip-bad",
         action="store_true",

@@ -11,6 +11,11 @@ How modes become 8-bit grey (documented for users; tested on each):
   Such files usually come from DICOM with an unknown number of used bits (12 of 16, say), so a fixed
   /257 would leave them nearly black; the per-image stretch is what radiology viewers do by default.
 - `1` (bilevel) and `F` (float): converted likewise (F stretched like 16-bit).
+- DICOM (b"DICM" at byte 128, or a .dcm/.dicom name; data/dicom.py has the rules): the modality
+  transform (rescale slope/intercept), then the file's VOI LUT or window if it has one, map to
+  uint8 by `stretch_to_uint8` as 16-bit PNGs do, over the window's range [c - w/2, c + w/2] when
+  a window was applied, else the image's own min..max, at any bit depth; MONOCHROME1 is then
+  inverted (255 - v). Multi-frame files are refused, not reduced to a guessed frame.
 Whole 8-bit grey PNGs (101 of the 103 real NIH files) are decoded by OpenCV when it is installed:
 the same samples as PIL (PNG is lossless), ~12% faster per core (benchmarks/bench_decode.py);
 every other file goes through PIL. The resize is PIL's in both cases.
@@ -20,7 +25,7 @@ NIH release do); resizing uses PIL's antialiased bilinear filter.
 Sizes are checked from the header before anything is decoded, so a decompression bomb (a 1 MB PNG
 of 32000 x 32000 zeros) costs no memory: PNG from IHDR, JPEG from its SOFn frame header (both read
 here, `image_size`), any other format from PIL's lazy `Image.open`, which parses the header only.
-DICOM is not read at all (PIL has no DICOM decoder); convert it to PNG first.
+DICOM from Rows/Columns, parsed by pydicom before its pixel data is decoded.
 Every refusal is an `ImageDecodeError` naming the file, with a short `kind` ("truncated",
 "too large", ...) that `chexvision predict --skip-bad` counts.
 """
@@ -35,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from chexvision_lib.data.dicom import DICOM_KINDS, DicomError, decode_dicom, is_dicom
 
 # A 1024 px radiograph is ~1 M pixels; anything beyond this is a mistake or a decompression bomb.
 MAX_PIXELS = 12_000 * 12_000
@@ -62,6 +69,7 @@ KINDS = (
     "corrupt",
     "too large",
     "too small",
+    *DICOM_KINDS,  # "no pixel data", "unsupported transfer syntax", "unsupported DICOM"
 )
 
 
@@ -77,6 +85,17 @@ class ImageDecodeError(ValueError):
         return type(self), (str(self), self.kind)
 
 
+def stretch_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map [low, high] linearly onto 0..255 (rounded; values outside are clipped): the one rule
+    for 16-bit and float PNGs (low, high = the image's min, max) and DICOM (module docstring).
+    A flat image (high <= low) is all 0."""
+    values = np.asarray(values, dtype=np.float64)
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (np.clip(values, low, high) - low) * (255.0 / (high - low))
+    return np.round(scaled).astype(np.uint8)
+
+
 def to_grey_uint8(image: Image.Image) -> np.ndarray:
     """Convert a PIL image of any mode to a 2-D uint8 array (see the module docstring)."""
     mode = image.mode
@@ -84,10 +103,7 @@ def to_grey_uint8(image: Image.Image) -> np.ndarray:
         return np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy warns otherwise
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        if high <= low:
-            return np.zeros(array.shape, dtype=np.uint8)
-        return np.round((array - low) * (255.0 / (high - low))).astype(np.uint8)
+        return stretch_to_uint8(array, float(array.min()), float(array.max()))
     if mode in ("RGBA", "LA", "PA"):
         image = image.convert("RGBA" if mode != "LA" else "LA")
         image = image.convert("RGB") if mode != "LA" else image.getchannel("L")
@@ -208,14 +224,26 @@ def _ends_early(data: bytes) -> bool:
     return False
 
 
+def _dicom_grey(data: bytes, label: str) -> np.ndarray:
+    """A DICOM's pixels as uint8 grey (data/dicom.py's rules; refusals as ImageDecodeError)."""
+    try:
+        display = decode_dicom(data, label, check_size)
+    except DicomError as error:
+        raise ImageDecodeError(str(error), kind=error.kind) from None
+    grey = stretch_to_uint8(display.values, display.low, display.high)
+    if display.indices is not None:  # a lookup table of the stored values (see DisplayValues)
+        grey = grey[display.indices]
+    return 255 - grey if display.invert else grey
+
+
 def load_grey(
     source: str | Path | bytes, size: int | None = None, name: str | None = None
 ) -> np.ndarray:
-    """Decode a PNG/JPEG (path or bytes) to uint8 grey, resized to `size` x `size` if given.
+    """Decode a PNG/JPEG/DICOM (path or bytes) to uint8 grey, resized to `size` x `size` if given.
 
     Raises ImageDecodeError naming the file (or `name`, for bytes) for anything that is not a
     readable image: a text file renamed .png, an empty or truncated file, a 1x1 image, a huge
-    image (refused from its header, before any decoding).
+    image (refused from its header, before any decoding), a DICOM without pixel data.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "<image bytes>")
     try:
@@ -227,6 +255,9 @@ def load_grey(
     if not data:
         raise ImageDecodeError(f"{label}: not a readable image (empty file: 0 bytes)", kind="empty")
     header_size = image_size(data)
+    if header_size is None and is_dicom(data, label):  # a PNG/JPEG named .dcm is what it is
+        grey = _dicom_grey(data, label)
+        return resize_square(grey, size) if size is not None else grey
     if header_size is not None:
         check_size(*header_size, label)
         grey = _opencv_grey(data)

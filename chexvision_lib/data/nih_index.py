@@ -31,7 +31,7 @@ from chexvision_lib.data.splits import carve_validation, check_patient_disjoint,
 from chexvision_lib.data.synthetic import MARKER_NAME
 
 DATA_ENTRY_PATTERN = re.compile(r"^Data_Entry_2017.*\.csv(\.gz)?$")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 SEX_COLUMNS = ("Patient Gender", "Patient Sex")
 VIEWS = ("PA", "AP")

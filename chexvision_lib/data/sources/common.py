@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +33,22 @@ FRONTAL_VIEWS: tuple[str, ...] = ("PA", "AP", "AP_SUPINE", "FRONTAL")
 VIEW_NAMES: tuple[str, ...] = (*FRONTAL_VIEWS, "LATERAL", "OTHER")
 SPLITS = ("train", "val", "test")
 DEFAULT_TEST_FRACTION = 0.2  # of the patients, for datasets without an official test split
+
+
+def resolve_options(
+    kind: str, accepted: Mapping[str, tuple[str, ...]], given: Mapping[str, object]
+) -> dict[str, str]:
+    """A reader's options with defaults filled in: the first accepted value of each is its
+    default. An unknown option or value is an error naming what would be accepted."""
+    for name, value in given.items():
+        if name not in accepted:
+            takes = ", ".join(sorted(accepted)) or "none"
+            raise ValueError(f"{kind}: unknown option {name!r} (its options: {takes})")
+        if value not in accepted[name]:
+            raise ValueError(
+                f"{kind}: option {name}={value!r} is not one of {', '.join(accepted[name])}"
+            )
+    return {name: str(given.get(name, values[0])) for name, values in accepted.items()}
 
 
 def find_files(root: Path, patterns: dict[str, re.Pattern[str]]) -> dict[str, list[Path]]:
@@ -160,7 +176,9 @@ def finish_index(
     """Splits, checks and the source record for a reader's table (see the module docstring).
 
     `files` are the metadata files read (recorded absolute, with their SHA-256); `options` the
-    reader's own choices (an uncertainty policy, a label rule), recorded as given.
+    reader's own choices (an uncertainty policy, a label rule), recorded as given. The findings
+    recorded as provided are those of the label map that hold a known label here (a layout may
+    label fewer than its dataset's map: VinDr's Kaggle copy).
     """
     missing = [c for c in INDEX_COLUMNS if c != "split" and c not in table.columns]
     if missing:
@@ -182,7 +200,7 @@ def finish_index(
         "val_fraction": val_fraction,
         "seed": seed,
         "options": options or {},
-        "provided_findings": provided_findings(kind),
+        "provided_findings": [f for f in provided_findings(kind) if (table[f] != UNKNOWN).any()],
         "skipped": {k: v for k, v in skipped.items() if v},
         "counts": split_counts(table),
         "summary": dataset_summary(table),

@@ -33,14 +33,19 @@ from chexvision_lib.core.labels import ABNORMAL
 from chexvision_lib.data.label_space import CHEXPERT_OBSERVATIONS
 from chexvision_lib.data.nih_index import DatasetLayoutError
 from chexvision_lib.data.sources.chexpert_labels import UNCERTAINTY_POLICIES, chexpert_targets
-from chexvision_lib.data.sources.common import attach_paths, exactly_one, find_files, finish_index
+from chexvision_lib.data.sources.common import (
+    attach_paths,
+    exactly_one,
+    find_files,
+    finish_index,
+    resolve_options,
+)
 from chexvision_lib.data.sources.reader_parts import (
     check_unique,
     csv_row,
     drop_views,
     first_row,
     read_csv_text,
-    resolve_options,
 )
 
 KIND = "mimic"

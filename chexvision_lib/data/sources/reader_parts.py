@@ -7,7 +7,7 @@ Rows in errors are numbered as in the file (1 = the header), as data/nih_index.p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -60,22 +60,6 @@ def numeric_column(raw: pd.DataFrame, column: str, path: Path) -> pd.Series:
             f"{path}, row {csv_row(at)}: {column} {raw[column].iloc[at]!r} is not a number"
         )
     return values.astype(float)
-
-
-def resolve_options(
-    kind: str, accepted: Mapping[str, tuple[str, ...]], given: Mapping[str, object]
-) -> dict[str, str]:
-    """A reader's options with defaults filled in: the first accepted value of each is its
-    default. An unknown option or value is an error naming what would be accepted."""
-    for name, value in given.items():
-        if name not in accepted:
-            takes = ", ".join(sorted(accepted)) or "none"
-            raise ValueError(f"{kind}: unknown option {name!r} (its options: {takes})")
-        if value not in accepted[name]:
-            raise ValueError(
-                f"{kind}: option {name}={value!r} is not one of {', '.join(accepted[name])}"
-            )
-    return {name: str(given.get(name, values[0])) for name, values in accepted.items()}
 
 
 def drop_views(
