@@ -8,6 +8,7 @@ from pathlib import Path
 from chexvision_lib.cli.arguments import prevalence
 from chexvision_lib.core.disclaimer import DISCLAIMER
 from chexvision_lib.explain.cam_methods import CAM_METHODS, DEFAULT_CAM_METHOD
+from chexvision_lib.models.tta import TTA_CHOICES, TTA_HELP
 
 SPLITS = ("train", "val", "test")
 
@@ -22,9 +23,17 @@ def run_evaluate(args: argparse.Namespace) -> None:
         device=args.device,
         n_resamples=args.resamples,
         prevalence=args.prevalence,
+        tta=args.tta,
     )
     print(summary_line(metrics))
     print(f"wrote {Path(metrics['folder']) / 'metrics.json'} and predictions.csv")
+    with_tta = metrics.get("with_tta")
+    if with_tta:
+        record = with_tta["tta"]
+        print(f"with test-time augmentation {record['name']} ({record['views']} views):")
+        print(f"  {summary_line(with_tta)}")
+        print(f"  wrote {Path(with_tta['folder']) / 'metrics.json'} and predictions.csv")
+        print(f"  note: {record['thresholds']}")
     print(DISCLAIMER)
 
 
@@ -96,6 +105,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--prevalence",
         type=prevalence,
         help="also give PPV and NPV at this prevalence (e.g. a screening population's)",
+    )
+    p.add_argument(
+        "--tta",
+        default="none",
+        choices=TTA_CHOICES,
+        help=TTA_HELP + "; other than none, the split is also scored with it, into "
+        "<split>/tta-<name>/ beside the plain results",
     )
     p.set_defaults(func=run_evaluate)
 

@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from chexvision_lib.cli.arguments import at_least_one
 from chexvision_lib.core.disclaimer import DISCLAIMER
+from chexvision_lib.models.tta import TTA_CHOICES, TTA_HELP
 
 UNREADABLE_HELP = (
     "Unreadable files (missing, empty, truncated, not an image, larger than the pixel limit or "
@@ -39,13 +40,19 @@ def run_predict(args: argparse.Namespace) -> None:
     from chexvision_lib.core.machine import available_cores
     from chexvision_lib.models.loading import load_model
     from chexvision_lib.models.predict import failure_summary, prediction_columns, score_files
+    from chexvision_lib.models.tta import THRESHOLD_NOTE, TTA_VIEWS
     from chexvision_lib.runtime.devices import resolve_device
 
     model = load_model(args.model, resolve_device(args.device), revision=args.revision)
     workers = args.workers or min(8, available_cores())
     batches = score_files(
-        model, args.images, batch_size=args.batch_size, workers=workers, amp=args.amp
+        model, args.images, batch_size=args.batch_size, workers=workers, amp=args.amp, tta=args.tta
     )
+    if args.tta != "none":  # stderr: with --json, stdout holds only the JSON
+        views = TTA_VIEWS[args.tta]
+        print(
+            f"test-time augmentation {args.tta} ({views} views): {THRESHOLD_NOTE}", file=sys.stderr
+        )
     failures, frames, rows = [], [], 0
     if args.out:
         with open(args.out, "wb", buffering=0) as handle:
@@ -69,7 +76,8 @@ def run_predict(args: argparse.Namespace) -> None:
         if args.json:
             print(frame.to_json(orient="records", indent=2))
         else:
-            shown = frame if failures else frame.drop(columns="error")
+            # The view set is said once above (stderr), not in a row of the table.
+            shown = frame.drop(columns="tta") if failures else frame.drop(columns=["error", "tta"])
             print(shown.set_index("image").T.to_string(float_format=lambda v: f"{v:.4f}"))
             print(DISCLAIMER)
     if not failures:
@@ -93,7 +101,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         description="Score image files with a model. " + UNREADABLE_HELP,
     )
     p.add_argument("model", help="run folder, model folder or Hub repo id")
-    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, DICOM .dcm, ...)")
     p.add_argument("--revision", help="Hub revision (commit hash) when MODEL is a repo id")
     p.add_argument(
         "--batch-size",
@@ -108,6 +116,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="off: exact fp32; bf16: ~1.6x faster on an AVX512-BF16 CPU; auto/fp16: CUDA fp16",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--tta",
+        default="none",
+        choices=TTA_CHOICES,
+        help=TTA_HELP + "; every row records it in the 'tta' column",
+    )
     p.add_argument(
         "--workers",
         type=at_least_one("decode threads"),

@@ -4,6 +4,11 @@ Everything in metrics.json is computed from predictions.csv alone (`metrics_from
 any figure can be recomputed, compared or re-bootstrapped without the model or the images. The
 thresholds are those chosen on validation and stored in the model's config.json — never tuned on
 the split being reported.
+
+With test-time augmentation (`tta`, models/tta.py) the split is scored twice: the plain files stay
+where they were, as they would be without it (they are the model's results: the model card and
+the report read them), and the TTA ones go to a folder of their own inside, <split>/tta-<name>/,
+whose metrics.json records the view set and that the thresholds were chosen without TTA.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from chexvision_lib.evaluation.metrics import (
 from chexvision_lib.evaluation.operating_points import operating_points_summary
 from chexvision_lib.models.loading import load_model
 from chexvision_lib.models.predict import predict_loader
-from chexvision_lib.models.registry import WEIGHTS_FILE
+from chexvision_lib.models.registry import WEIGHTS_FILE, ChestClassifier
+from chexvision_lib.models.tta import check_tta, tta_record
 from chexvision_lib.runtime.devices import autocast_dtype, resolve_device
 
 
@@ -226,6 +232,18 @@ def same_data(config: dict, cache: str | Path) -> bool:
     )
 
 
+def tta_folder(tta: str) -> str:
+    """The folder, inside a split's, of its results with test-time augmentation `tta`."""
+    return f"tta-{check_tta(tta)}"
+
+
+def _trained_with_hflip(config: dict) -> bool | None:
+    """Whether the run's training showed the model mirrored images (None: not recorded)."""
+    if "hflip" not in config:
+        return None
+    return bool(config.get("augment", True)) and bool(config["hflip"])
+
+
 def evaluate_run(
     run_dir: str | Path,
     split: str = "test",
@@ -236,6 +254,7 @@ def evaluate_run(
     n_resamples: int = 2000,
     show_progress: bool = True,
     prevalence: float | None = None,
+    tta: str = "none",
 ) -> dict:
     """Score `split` of the run's cache (or another cache) with the run's shipped model.
 
@@ -243,7 +262,13 @@ def evaluate_run(
     (external validation) RUN/external_<cache folder name>_<split>/. A cache of the run's own data
     prepared again elsewhere (same file hashes and settings) counts as its own. Returns the
     metrics, with "folder" set.
+
+    `tta` other than "none" also scores the split with that test-time augmentation and writes
+    the same three files to <folder>/tta-<tta>/ (`tta_folder`), its metrics.json with a "tta"
+    record; the plain files are exactly those a run without it writes. The returned (plain)
+    metrics then hold the TTA ones, with their "folder", under "with_tta".
     """
+    check_tta(tta)  # before the model and the cache are loaded
     run = Path(run_dir)
     config_path = run / "config.json"
     if not config_path.exists():
@@ -258,18 +283,63 @@ def evaluate_run(
     else:
         data = CachedSplit(cache, split)
     loader = BatchLoader(data, batch_size, torch_device, shuffle=False)
+    model_config = json.loads((run / "model" / "config.json").read_text())
+    evaluated = data.info.get("source", {})
+    provenance = {
+        # Which checkpoint produced these numbers: a model card may only quote metrics whose
+        # weights hash matches the weights it ships.
+        "model": {
+            "arch": model.arch,
+            "run": str(run),
+            "best_epoch": model_config.get("best_epoch"),
+            "weights_sha256": file_sha256(run / "model" / WEIGHTS_FILE),
+        },
+        # The evaluated data's identity (not the training data's): a card checks they are the
+        # same.
+        "data_source": {key: evaluated.get(key) for key in ("kind", "synthetic", "sha256")},
+    }
+    # Another dataset (external validation) must not overwrite the run's own results.
+    out = run / (split if own else f"external_{Path(cache).name}_{split}")
+    options = {"split": split, "n_resamples": n_resamples, "prevalence": prevalence}
+    metrics = _score_split(model, loader, data, out, provenance, show_progress, **options)
+    result = {**metrics, "folder": str(out)}
+    if tta != "none":
+        provenance["tta"] = tta_record(tta, _trained_with_hflip(config))
+        tta_out = out / tta_folder(tta)
+        with_tta = _score_split(
+            model, loader, data, tta_out, provenance, show_progress, tta=tta, **options
+        )
+        result["with_tta"] = {**with_tta, "folder": str(tta_out)}
+    return result
+
+
+def _score_split(
+    model: ChestClassifier,
+    loader: BatchLoader,
+    data: CachedSplit,
+    out: Path,
+    provenance: dict,
+    show_progress: bool,
+    *,
+    split: str,
+    n_resamples: int,
+    prevalence: float | None,
+    tta: str = "none",
+) -> dict:
+    """Score the loader's split (with test-time augmentation `tta`) and write predictions.csv,
+    subgroups.csv and metrics.json (with `provenance`'s keys added) to `out`."""
+    device = loader.device
     probs, labels = predict_loader(
         model,
         loader,
         model.preprocessing,
-        autocast_dtype("auto", torch_device),
-        channels_last=torch_device.type == "cuda",
-        desc=f"evaluate {split}",
+        autocast_dtype("auto", device),
+        channels_last=device.type == "cuda",
+        desc=f"evaluate {split}" + ("" if tta == "none" else f" (tta {tta})"),
         show_progress=show_progress,
+        tta=tta,
     )
     frame = predictions_frame(data.metadata(), probs, labels)
-    # Another dataset (external validation) must not overwrite the run's own results.
-    out = run / (split if own else f"external_{Path(cache).name}_{split}")
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "predictions.csv", index=False)
     subgroups_from_predictions(frame).to_csv(out / "subgroups.csv", index=False)
@@ -281,20 +351,9 @@ def evaluate_run(
         temperatures=model.temperatures,
         prevalence=prevalence,
     )
-    model_config = json.loads((run / "model" / "config.json").read_text())
-    # Which checkpoint produced these numbers: a model card may only quote metrics whose
-    # weights hash matches the weights it ships.
-    metrics["model"] = {
-        "arch": model.arch,
-        "run": str(run),
-        "best_epoch": model_config.get("best_epoch"),
-        "weights_sha256": file_sha256(run / "model" / WEIGHTS_FILE),
-    }
-    # The evaluated data's identity (not the training data's): a card checks they are the same.
-    evaluated = data.info.get("source", {})
-    metrics["data_source"] = {key: evaluated.get(key) for key in ("kind", "synthetic", "sha256")}
+    metrics.update(provenance)
     write_json_atomic(out / "metrics.json", metrics)
-    return {**metrics, "folder": str(out)}
+    return metrics
 
 
 def _interval(ci: list | None) -> str:

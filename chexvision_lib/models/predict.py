@@ -11,6 +11,10 @@ a file scores exactly as its cached copy does in `evaluate`. Three things make i
   probabilities moved by up to ~3e-3 (benchmarks/README.md); amp="off" (the default) is fp32 and
   exact.
 
+`tta` (models/tta.py) scores each image as several views (its mirror, five crops) and averages
+their logits before the temperatures; "none", the default, is the plain prediction. Rows record
+the view set in their `tta` column: the stored thresholds were chosen without TTA.
+
 An unreadable file never costs the others their scores: `score_files` yields one `ScoredBatch` per
 batch as it finishes, where a file `load_grey` refuses is a row with NaN probabilities, `abnormal`
 empty (pandas NA) and the reason in `error` ("" for scored rows). `predict_images` collects them
@@ -38,6 +42,7 @@ from chexvision_lib.core.predictions import prob_column
 from chexvision_lib.data.batches import BatchLoader, normalise, to_device
 from chexvision_lib.data.image_io import ImageDecodeError, load_grey
 from chexvision_lib.models.registry import ChestClassifier
+from chexvision_lib.models.tta import check_tta, merged_logits
 from chexvision_lib.runtime import distributed
 from chexvision_lib.runtime.devices import autocast_dtype
 
@@ -93,7 +98,8 @@ class _Scorer:
     """The model prepared once for scoring: eval, channels_last, and for bf16 on the CPU a
     bfloat16 copy of the weights (autocast would re-cast every weight at every batch)."""
 
-    def __init__(self, model: ChestClassifier, amp: str) -> None:
+    def __init__(self, model: ChestClassifier, amp: str, tta: str = "none") -> None:
+        self.tta = check_tta(tta)
         model.eval()
         self.device = next(model.parameters()).device
         self.spec = model.preprocessing
@@ -113,23 +119,30 @@ class _Scorer:
                 spec["std"][0],
                 spec["image_size"],
             )
-            x = x.to(self.input_dtype).contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                probs = self.model.probabilities(self.model(x))
+                probs = self.model.probabilities(merged_logits(self._forward, x, self.tta))
         out = np.full((len(pixels), len(OUTPUTS)), np.nan)
         out[:, -probs.shape[1] :] = probs.cpu().numpy()
         return out
 
+    def _forward(self, view: torch.Tensor) -> torch.Tensor:
+        # Views are made from the float32 batch, then cast: a crop is resized at the precision
+        # `normalise` resized the image at.
+        return self.model(view.to(self.input_dtype).contiguous(memory_format=torch.channels_last))
 
-def predict_arrays(model: ChestClassifier, pixels: np.ndarray, amp: str = "off") -> np.ndarray:
+
+def predict_arrays(
+    model: ChestClassifier, pixels: np.ndarray, amp: str = "off", tta: str = "none"
+) -> np.ndarray:
     """uint8 (B, S, S) already at the model's size -> probabilities (B, 15), NaN findings for a
-    binary head."""
-    return _Scorer(model, amp)(pixels)
+    binary head; `tta` a view set of models/tta.py."""
+    return _Scorer(model, amp, tta)(pixels)
 
 
 def prediction_columns() -> list[str]:
     """The columns of `predict_images` / `chexvision predict`, in order."""
-    return ["image", *(prob_column(n) for n in OUTPUTS), "abnormal_threshold", "abnormal", "error"]
+    columns = [*(prob_column(n) for n in OUTPUTS), "abnormal_threshold", "abnormal", "tta"]
+    return ["image", *columns, "error"]
 
 
 @dataclass
@@ -153,14 +166,16 @@ def score_files(
     batch_size: int = 32,
     workers: int = 2,
     amp: str = "off",
+    tta: str = "none",
 ) -> Iterator[ScoredBatch]:
     """Score image files a batch at a time, yielding each batch as soon as the model is done
     with it (so a caller can write rows as they come). Files that cannot be read are rows with
-    NaN probabilities, `abnormal` NA and the ImageDecodeError's message in `error`. Bad
-    arguments raise here, before anything is decoded."""
+    NaN probabilities, `abnormal` NA and the ImageDecodeError's message in `error`. `tta`: a
+    view set of models/tta.py, recorded in every row. Bad arguments raise here, before anything
+    is decoded."""
     _check_whole_number(batch_size, "batch_size")
     _check_whole_number(workers, "workers")
-    return _score_batches(_Scorer(model, amp), model, list(paths), batch_size, workers)
+    return _score_batches(_Scorer(model, amp, tta), model, list(paths), batch_size, workers)
 
 
 def _score_batches(
@@ -178,13 +193,17 @@ def _score_batches(
         images = paths[start : start + len(decoded)]
         start += len(decoded)
         yield ScoredBatch(
-            _rows(images, probs, errors, threshold),
+            _rows(images, probs, errors, threshold, scorer.tta),
             [item for item in decoded if isinstance(item, ImageDecodeError)],
         )
 
 
 def _rows(
-    images: Sequence[str | Path], probs: np.ndarray, errors: list[str], threshold: float | None
+    images: Sequence[str | Path],
+    probs: np.ndarray,
+    errors: list[str],
+    threshold: float | None,
+    tta: str,
 ) -> pd.DataFrame:
     frame = pd.DataFrame(probs, columns=[prob_column(n) for n in OUTPUTS])
     frame.insert(0, "image", [str(p) for p in images])
@@ -195,6 +214,7 @@ def _rows(
         [pd.NA if error else bool(flag) for flag, error in zip(abnormal, errors, strict=True)],
         dtype="boolean",
     )
+    frame["tta"] = tta
     frame["error"] = errors
     return frame
 
@@ -212,16 +232,19 @@ def predict_images(
     batch_size: int = 32,
     workers: int = 2,
     amp: str = "off",
+    tta: str = "none",
     skip_bad: bool = False,
 ) -> pd.DataFrame:
-    """One row per image: path, 15 probabilities, abnormal yes/no at the stored threshold, and
-    `error` ("" when scored).
+    """One row per image: path, 15 probabilities, abnormal yes/no at the stored threshold, the
+    test-time augmentation `tta` (models/tta.py; "none": plain), and `error` ("" when scored).
 
     Every file is tried. Unreadable ones raise an ImageDecodeError naming all of them, or with
     `skip_bad` stay as rows with NaN probabilities, `abnormal` NA and the reason in `error`.
     """
     paths = list(paths)
-    batches = list(score_files(model, paths, batch_size=batch_size, workers=workers, amp=amp))
+    batches = list(
+        score_files(model, paths, batch_size=batch_size, workers=workers, amp=amp, tta=tta)
+    )
     failures = [error for batch in batches for error in batch.failures]
     if failures and not skip_bad:
         kinds = {error.kind for error in failures}
@@ -232,7 +255,7 @@ def predict_images(
         )
     if not batches:
         threshold = model.thresholds[-1] if model.thresholds else None
-        return _rows([], np.zeros((0, len(OUTPUTS))), [], threshold)
+        return _rows([], np.zeros((0, len(OUTPUTS))), [], threshold, tta)
     return pd.concat([batch.frame for batch in batches], ignore_index=True)
 
 
@@ -245,12 +268,15 @@ def predict_loader(
     channels_last: bool = True,
     desc: str = "predict",
     show_progress: bool = True,
+    tta: str = "none",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid probabilities (n, 15) in split order; NaN findings for a binary head.
+    """Sigmoid probabilities (n, 15) in split order; NaN findings for a binary head. `tta`: a
+    view set of models/tta.py, whose views' logits are averaged before the temperatures.
 
     Under DDP each rank predicts its share and the shares are gathered; padding duplicates are
     dropped by position, so every image is counted exactly once.
     """
+    check_tta(tta)
     model.eval()
     device = loader.device
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -260,7 +286,9 @@ def predict_loader(
     for pixels, _, index in tqdm(loader, desc=desc, leave=False, disable=not show_progress):
         x = normalise(pixels, spec["mean"][0], spec["std"][0], spec["image_size"])
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x.contiguous(memory_format=memory_format))
+            logits = merged_logits(
+                lambda view: model(view.contiguous(memory_format=memory_format)), x, tta
+            )
         probs.append(to_probabilities(logits.float()))
         positions.append(to_device(index, device))
     p = torch.cat(probs) if probs else torch.zeros(0, 1, device=device)
