@@ -1,9 +1,12 @@
-"""`chexvision study`, `external` and `demo`: experiments built from the whole pipeline."""
+"""`chexvision study`, `cross-dataset`, `external` and `demo`: experiments built from the whole
+pipeline."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from chexvision_lib.cli.data import SOURCE_KINDS
 
 
 def run_study(args: argparse.Namespace) -> None:
@@ -15,9 +18,31 @@ def run_study(args: argparse.Namespace) -> None:
         print(summary_path.read_text())
 
 
+def run_cross_dataset(args: argparse.Namespace) -> None:
+    from chexvision_lib.studies.cross_dataset import load_cross_dataset_config, run_cross_dataset
+
+    config = load_cross_dataset_config(args.config)
+    run_cross_dataset(config, show_progress=not args.quiet)
+    if args.quiet:
+        print((Path(config.out) / "matrix.md").read_text())
+
+
+def reader_option(text: str) -> tuple[str, str]:
+    """An argparse type: NAME=VALUE (a reader option of prepare, e.g. target=lung-opacity)."""
+    name, equals, value = text.partition("=")
+    if not equals or not name or not value:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=VALUE (e.g. target=abnormal), got {text!r}"
+        )
+    return name, value
+
+
 def run_external(args: argparse.Namespace) -> None:
     from chexvision_lib.studies.study import external_validation
 
+    options = dict(args.option or [])
+    if len(options) < len(args.option or []):
+        raise ValueError("--option: an option is given twice")
     external_validation(
         args.run,
         args.external_root,
@@ -27,6 +52,8 @@ def run_external(args: argparse.Namespace) -> None:
         lr=args.lr,
         batch_size=args.batch_size,
         train={"threads": args.threads} if args.threads else None,
+        kind=args.kind,
+        options=options,
         seed=args.seed,
         n_resamples=args.resamples,
         device=args.device,
@@ -51,10 +78,36 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_study)
 
     p = commands.add_parser(
+        "cross-dataset",
+        help="train on each dataset, score on every dataset's test split -> AUC matrix",
+    )
+    p.add_argument("config", help="cross-dataset study JSON file (see studies/*.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress; print only matrix.md")
+    p.set_defaults(func=run_cross_dataset)
+
+    p = commands.add_parser(
         "external", help="score a model on another dataset before and after fine-tuning there"
     )
     p.add_argument("run", metavar="RUN_OR_CELL", help="run folder or study cell folder")
-    p.add_argument("external_root", help="class folders (NORMAL/, ...) or a path,label CSV")
+    p.add_argument(
+        "external_root",
+        help="any dataset prepare reads: a public dataset's folder, class folders (NORMAL/, "
+        "...) or a path,label CSV",
+    )
+    p.add_argument(
+        "--kind",
+        choices=["auto", "nih", *SOURCE_KINDS, "binary"],
+        default="auto",
+        help="the external dataset's layout (auto: detected from its file names)",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        type=reader_option,
+        metavar="NAME=VALUE",
+        help="a reader option of the external dataset, e.g. target=lung-opacity (rsna), "
+        "uncertainty=ones (chexpert); repeat for several",
+    )
     p.add_argument("--out", required=True, help="folder for the results")
     p.add_argument("--fine-tune-epochs", type=int, default=5, help="epochs of fine-tuning")
     p.add_argument("--size", type=int, help="image size (default: the model's)")

@@ -32,26 +32,33 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from chexvision_lib.core.atomic_files import write_json_atomic
-from chexvision_lib.core.config import from_dict, load_json_config, to_dict
+from chexvision_lib.core.config import load_json_config, to_dict
 from chexvision_lib.core.disclaimer import DISCLAIMER
+from chexvision_lib.core.hashing import file_sha256
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, OUTPUTS
 from chexvision_lib.core.predictions import label_column, prob_column, read_predictions
 from chexvision_lib.data.cache import open_cache
-from chexvision_lib.data.prepare import prepare
+from chexvision_lib.data.prepare import KINDS, check_options, prepare
 from chexvision_lib.data.synthetic import MARKER_NAME, write_synthetic_nih
 from chexvision_lib.evaluation.compare import compare_predictions
-from chexvision_lib.evaluation.evaluate import evaluate_run, metrics_from_predictions
+from chexvision_lib.evaluation.evaluate import evaluate_run, metrics_from_predictions, same_data
 from chexvision_lib.evaluation.metrics import choose_thresholds_for, holm_correction
-from chexvision_lib.models.registry import MODEL_NAMES, find_pretrained_weights, min_image_size
+from chexvision_lib.models.registry import (
+    MODEL_NAMES,
+    WEIGHTS_FILE,
+    find_pretrained_weights,
+    min_image_size,
+)
 from chexvision_lib.publishing.model_card import markdown_table
 from chexvision_lib.training.config import TrainConfig
 from chexvision_lib.training.loop import fit
+from chexvision_lib.training.recipes import config_with_recipe
 
 INITIALISATIONS = ("scratch", "imagenet")
 TASKS = ("findings", "binary")
@@ -71,6 +78,7 @@ STUDY_CONTROLLED = (
 SETTINGS_THAT_DO_NOT_CHANGE_RESULTS = (
     "device",
     "threads",
+    "log",
     "hub_checkpoint_repo",
     "hub_checkpoint_every",
 )
@@ -97,7 +105,9 @@ class StudyConfig:
     cache: str | None = None
     data_root: str | None = None
     synthetic_patients: int = 0
-    kind: Literal["auto", "nih", "binary", "hub"] = "auto"  # data_root's kind (see prepare)
+    kind: str = "auto"  # data_root's kind: one of data.prepare.KINDS (auto: detected)
+    # The reader's options for data_root, e.g. {"target": "lung-opacity"} for rsna (see prepare).
+    options: dict[str, Any] = field(default_factory=dict)
     metadata_root: str | None = None  # hub parquet sources only
     split_seed: int = 0  # prepare's seeded splits (val; the test split of binary datasets)
     prepare_workers: int | None = None
@@ -120,6 +130,7 @@ class StudyConfig:
                 "give exactly one data source: cache (a prepared cache), data_root (a dataset "
                 "to prepare at each size) or synthetic_patients (> 0: the built-in synthetic set)"
             )
+        check_data_kind(self.kind, self.options, data_root=self.data_root is not None)
         _check_choices("architectures", self.architectures, MODEL_NAMES)
         _check_choices("initialisations", self.initialisations, INITIALISATIONS)
         _check_choices("tasks", self.tasks, TASKS)
@@ -150,6 +161,22 @@ def _check_choices(name: str, values: tuple[str, ...], accepted: tuple[str, ...]
         raise ValueError(f"{name}: {unknown} not accepted; choose from {list(accepted)}")
 
 
+def check_data_kind(kind: str, options: dict[str, Any], *, data_root: bool = True) -> None:
+    """`kind` is one prepare reads; `options` are reader options that kind takes. With kind auto
+    the options are checked once prepare has detected the kind (before any image is decoded)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
+    if not isinstance(options, dict):
+        raise TypeError(f"options: expected an object of reader options, got {options!r}")
+    if options and not data_root:
+        raise ValueError("options: reader options apply to a data_root the study prepares only")
+    if options and kind != "auto":
+        try:
+            check_options(kind, options)
+        except ValueError as error:
+            raise ValueError(f"options: {error}") from None
+
+
 def check_train_settings(train: dict[str, Any]) -> None:
     """The shared `train` dict: TrainConfig fields only, none of those the study sets itself."""
     if not isinstance(train, dict):
@@ -160,8 +187,8 @@ def check_train_settings(train: dict[str, Any]) -> None:
             f"train: {controlled} are set by the study per cell and fold (architectures, "
             "initialisations, sizes, tasks, folds, seed, the data source); remove them"
         )
-    try:  # type-checks the values and rejects unknown fields, naming them
-        from_dict(TrainConfig, {"cache": "-", "out": "-", **train})
+    try:  # type-checks the values (and the recipe's name), rejecting unknown fields by name
+        config_with_recipe({"cache": "-", "out": "-", **train})
     except (TypeError, ValueError) as error:
         raise ValueError(f"train: {error}") from None
 
@@ -249,6 +276,7 @@ def prepare_caches(config: StudyConfig, show_progress: bool) -> dict[int, Path]:
             folder,
             size=size,
             kind="nih" if config.synthetic_patients else config.kind,
+            options=config.options,
             metadata_root=config.metadata_root,
             seed=config.split_seed,
             workers=config.prepare_workers,
@@ -258,20 +286,38 @@ def prepare_caches(config: StudyConfig, show_progress: bool) -> dict[int, Path]:
 
 
 # --- one fold -----------------------------------------------------------------------------------
-def fold_config(config: StudyConfig, cell: Cell, fold: int, cache: Path) -> TrainConfig:
+def cell_train_config(
+    train: dict[str, Any],
+    cell: Cell,
+    cache: Path,
+    out: Path,
+    *,
+    seed: int,
+    folds: int = 0,
+    fold: int = 0,
+) -> TrainConfig:
+    """The TrainConfig of one model of `cell` on `cache`: the shared `train` settings (on top of
+    their recipe, when they name one) with what the cell fixes."""
     values = {
-        **config.train,
+        **train,
         "cache": str(cache),
-        "out": str(Path(config.out) / cell.name / f"fold{fold}"),
+        "out": str(out),
         "model": cell.arch,
         "head": cell.head,
         "pretrained": "imagenet" if cell.init == "imagenet" else None,
         "image_size": cell.size,
-        "folds": config.folds,
+        "folds": folds,
         "fold": fold,
-        "seed": config.seed,
+        "seed": seed,
     }
-    return from_dict(TrainConfig, values)
+    return config_with_recipe(values)
+
+
+def fold_config(config: StudyConfig, cell: Cell, fold: int, cache: Path) -> TrainConfig:
+    out = Path(config.out) / cell.name / f"fold{fold}"
+    return cell_train_config(
+        config.train, cell, cache, out, seed=config.seed, folds=config.folds, fold=fold
+    )
 
 
 def fold_is_finished(run: Path) -> bool:
@@ -287,7 +333,8 @@ def check_recorded_config(run: Path, config: TrainConfig) -> None:
         recorded["cache"] = recorded["cache"]["path"]
     changed = sorted(
         name
-        for name, value in to_dict(config).items()
+        # through JSON, as config.json was written: a tuple reads back as a list
+        for name, value in json.loads(json.dumps(to_dict(config))).items()
         if name in recorded
         and name not in SETTINGS_THAT_DO_NOT_CHANGE_RESULTS
         and recorded[name] != value
@@ -465,7 +512,8 @@ def add_delong_columns(
     )
 
 
-def _number(value: float, digits: int = 3) -> str:
+def number_text(value: float, digits: int = 3) -> str:
+    """A number for a Markdown table; '–' where it is missing (None / NaN)."""
     return (
         "–"
         if value is None or (isinstance(value, float) and math.isnan(value))
@@ -473,21 +521,23 @@ def _number(value: float, digits: int = 3) -> str:
     )
 
 
-def _p_value(value: float) -> str:
+def p_value_text(value: float) -> str:
+    """A p-value to 3 decimals, '<0.001' below that, '–' where there is none."""
     if math.isnan(value):
         return "–"
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def _auc_with_ci(auc: float, low: float | None, high: float | None) -> str:
+def auc_with_ci(auc: float, low: float | None, high: float | None) -> str:
+    """'0.912 [0.880, 0.940]'."""
     low = math.nan if low is None else low
     high = math.nan if high is None else high
-    return f"{_number(auc)} [{_number(low)}, {_number(high)}]"
+    return f"{number_text(auc)} [{number_text(low)}, {number_text(high)}]"
 
 
 def _auc_column(summary: pd.DataFrame, prefix: str) -> list[str]:
     columns = (summary[prefix], summary[f"{prefix}_ci_low"], summary[f"{prefix}_ci_high"])
-    return [_auc_with_ci(*values) for values in zip(*columns, strict=True)]
+    return [auc_with_ci(*values) for values in zip(*columns, strict=True)]
 
 
 def frame_markdown(frame: pd.DataFrame) -> str:
@@ -505,7 +555,7 @@ def summary_markdown(summary: pd.DataFrame, config: StudyConfig, threshold_metho
             "task": summary["task"],
             "AUC": summary["auc_metric"],
             f"fold AUC (mean ± sd, k={config.folds})": [
-                f"{_number(m)} ± {_number(s)}"
+                f"{number_text(m)} ± {number_text(s)}"
                 for m, s in zip(summary["fold_auc_mean"], summary["fold_auc_sd"], strict=True)
             ],
             "ensemble AUC [95% CI]": _auc_column(summary, "ensemble_auc"),
@@ -513,16 +563,16 @@ def summary_markdown(summary: pd.DataFrame, config: StudyConfig, threshold_metho
     )
     if (summary["auc_metric"] != "Abnormal AUC").any():
         shown["Abnormal AUC [95% CI]"] = _auc_column(summary, "abnormal_auc")
-    shown["threshold"] = summary["threshold"].map(_number)
+    shown["threshold"] = summary["threshold"].map(number_text)
     for column, title in OPERATING_POINT_TITLES.items():
-        shown[title] = summary[column].map(_number)
+        shown[title] = summary[column].map(number_text)
     if (summary["task"] == "findings").any():
         shown["findings p<0.05 (Holm)"] = [
             "–" if math.isnan(n) else f"{int(n)}/{len(FINDINGS)}"
             for n in summary["findings_p_holm_below_005"]
         ]
     shown["p DeLong (Holm)"] = [
-        "reference" if is_reference else f"{_p_value(p)} ({_p_value(h)})"
+        "reference" if is_reference else f"{p_value_text(p)} ({p_value_text(h)})"
         for is_reference, p, h in zip(
             summary["reference"], summary["p_delong"], summary["p_holm"], strict=True
         )
@@ -672,11 +722,12 @@ def fine_tune_config(
         "out": str(out / "fine_tuned" / member.name),
         "model": source["model"],
         "head": source["head"],
+        "pretrained": None,  # the member's weights are the start, whatever a recipe says
         "init_from": str(member),
         "image_size": size,
         "seed": seed,
     }
-    return from_dict(TrainConfig, values)
+    return config_with_recipe(values)
 
 
 def score_frame(
@@ -701,54 +752,69 @@ def score_frame(
     }
 
 
-def external_validation(
-    run_or_cell: str | Path,
-    external_root: str | Path,
-    out: str | Path,
+def evaluation_folder(run: Path, cache: Path, split: str) -> Path:
+    """Where evaluate_run writes `run`'s scores on `split` of `cache`: RUN/<split>/ for the run's
+    own data, RUN/external_<cache folder name>_<split>/ for another dataset's."""
+    config = json.loads((run / "config.json").read_text())
+    return run / (split if same_data(config, cache) else f"external_{cache.name}_{split}")
+
+
+def evaluate_once(
+    run: Path,
+    split: str,
+    cache: Path,
     *,
-    size: int | None = None,
-    fine_tune_epochs: int = 5,
-    lr: float = 1e-3,
-    batch_size: int = 32,
-    train: dict[str, Any] | None = None,
-    kind: str = "auto",
-    seed: int = 0,
-    n_resamples: int = 1000,
-    device: str = "auto",
-    show_progress: bool = True,
-) -> dict:
-    """Score a trained model on another dataset, fine-tune it there, score it again.
-
-    The external dataset (class folders or a path,label CSV; binary) is prepared into
-    out/<name>_<size>px with a patient-grouped test split. BEFORE: the model as trained, at its
-    own thresholds. Fine-tuning starts from the model's weights (same architecture and head) and
-    trains on the external train split; AFTER: the fine-tuned model at thresholds chosen on the
-    external validation split. Both score the same external test images, so DeLong's paired test
-    applies. A study cell is handled as its fold ensemble (each fold model fine-tuned, averaged).
-    Re-running reuses a finished fine-tuning. Writes out/before/, out/after/ (predictions.csv,
-    metrics.json), out/fine_tuned/<member>/, out/external_validation.json and out/summary.md;
-    returns the summary dict.
-    """
-    run_or_cell, out = Path(run_or_cell), Path(out)
-    members = member_runs(run_or_cell)
-    size = size or int(json.loads((members[0] / "config.json").read_text())["image_size"])
-    settings = {**(train or {}), "epochs": fine_tune_epochs, "lr": lr, "batch_size": batch_size}
-    check_train_settings(settings)
-    name = Path(external_root).stem or "external"
-    cache = prepare(
-        external_root,
-        out / f"{name}_{size}px",
-        size=size,
-        kind=kind,
-        seed=seed,
-        progress=show_progress,
+    n_resamples: int,
+    device: str,
+    show_progress: bool,
+) -> Path:
+    """Score `split` of `cache` with `run`'s model unless that is done: scores count as done when
+    they were made by the same weights (SHA-256), on the same data and with as many resamples.
+    Returns the folder holding predictions.csv and metrics.json."""
+    folder = evaluation_folder(run, cache, split)
+    metrics_path = folder / "metrics.json"
+    if metrics_path.exists() and (folder / "predictions.csv").exists():
+        recorded = json.loads(metrics_path.read_text())
+        source = json.loads((cache / "cache.json").read_text()).get("source", {})
+        if (
+            recorded.get("model", {}).get("weights_sha256")
+            == file_sha256(run / "model" / WEIGHTS_FILE)
+            and recorded.get("data_source", {}).get("sha256") == source.get("sha256")
+            and recorded.get("bootstrap", {}).get("n_resamples") == n_resamples
+        ):
+            return folder
+    metrics = evaluate_run(
+        run,
+        split,
+        cache=cache,
+        device=device,
+        n_resamples=n_resamples,
+        show_progress=show_progress,
     )
-    scoring = {"device": device, "n_resamples": n_resamples, "show_progress": show_progress}
+    return Path(metrics["folder"])
 
-    # BEFORE: each member as trained, on the external test split (RUN/external_<cache>_test/).
-    before_folders = [
-        Path(evaluate_run(m, "test", cache=cache, **scoring)["folder"]) for m in members
-    ]
+
+def fine_tune_and_compare(
+    run_or_cell: Path,
+    members: list[Path],
+    cache: Path,
+    out: Path,
+    *,
+    settings: dict[str, Any],
+    size: int,
+    seed: int,
+    n_resamples: int,
+    device: str,
+    show_progress: bool,
+) -> dict[str, Any]:
+    """BEFORE: `members` (a run, or a cell's folds as their ensemble) as trained, on the test split
+    of `cache`, at their own thresholds. AFTER: each member fine-tuned on the cache's train split
+    (out/fine_tuned/<member>/), at thresholds chosen on its validation split, on the same test
+    images; DeLong's paired test of the Abnormal AUCs. Writes out/before/ and out/after/
+    (predictions.csv, metrics.json); a finished scoring or fine-tuning is reused."""
+    scoring = {"device": device, "n_resamples": n_resamples, "show_progress": show_progress}
+    # BEFORE: each member as trained, on the other data's test split (RUN/external_<cache>_test/).
+    before_folders = [evaluate_once(m, "test", cache, **scoring) for m in members]
     before = fold_average([read_predictions(f / "predictions.csv") for f in before_folders])
     tuned = [
         run_fold(fine_tune_config(m, cache, out, settings, size, seed), **scoring)[0]
@@ -756,11 +822,9 @@ def external_validation(
     ]
     after = fold_average([read_predictions(r / "test" / "predictions.csv") for r in tuned])
     after_val = fold_average([read_predictions(r / "val" / "predictions.csv") for r in tuned])
-
     result: dict[str, Any] = {
         "source": str(run_or_cell),
         "members": [str(m) for m in members],
-        "external_root": str(external_root),
         "cache": str(cache),
         "fine_tune": {**settings, "image_size": size, "seed": seed},
         "n_images": len(after),
@@ -784,7 +848,73 @@ def external_validation(
     result["delong_after_vs_before"] = {
         key: float(comparison[key]) for key in ("diff", "ci_low", "ci_high", "z", "p_value")
     }
-    result["disclaimer"] = DISCLAIMER
+    return result
+
+
+def external_validation(
+    run_or_cell: str | Path,
+    external_root: str | Path,
+    out: str | Path,
+    *,
+    size: int | None = None,
+    fine_tune_epochs: int = 5,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    train: dict[str, Any] | None = None,
+    kind: str = "auto",
+    options: dict[str, Any] | None = None,
+    seed: int = 0,
+    n_resamples: int = 1000,
+    device: str = "auto",
+    show_progress: bool = True,
+) -> dict:
+    """Score a trained model on another dataset, fine-tune it there, score it again.
+
+    The external dataset (any `prepare` source: `kind` and the reader's `options`; class folders
+    or a path,label CSV are binary) is prepared into out/<name>_<size>px. BEFORE: the model as
+    trained, at its own thresholds. Fine-tuning starts from the model's weights (same
+    architecture and head) and trains on the external train split; AFTER: the fine-tuned model at
+    thresholds chosen on the external validation split. Both score the same external test images,
+    so DeLong's paired test applies. A study cell is handled as its fold ensemble (each fold
+    model fine-tuned, averaged). Re-running reuses a finished scoring and fine-tuning. Writes
+    out/before/, out/after/ (predictions.csv, metrics.json), out/fine_tuned/<member>/,
+    out/external_validation.json and out/summary.md; returns the summary dict.
+    """
+    run_or_cell, out = Path(run_or_cell), Path(out)
+    members = member_runs(run_or_cell)
+    size = size or int(json.loads((members[0] / "config.json").read_text())["image_size"])
+    settings = {**(train or {}), "epochs": fine_tune_epochs, "lr": lr, "batch_size": batch_size}
+    check_train_settings(settings)
+    check_data_kind(kind, dict(options or {}))
+    name = Path(external_root).stem or "external"
+    cache = prepare(
+        external_root,
+        out / f"{name}_{size}px",
+        size=size,
+        kind=kind,
+        options=options,
+        seed=seed,
+        progress=show_progress,
+    )
+    compared = fine_tune_and_compare(
+        run_or_cell,
+        members,
+        cache,
+        out,
+        settings=settings,
+        size=size,
+        seed=seed,
+        n_resamples=n_resamples,
+        device=device,
+        show_progress=show_progress,
+    )
+    result: dict[str, Any] = {
+        "source": compared.pop("source"),
+        "members": compared.pop("members"),
+        "external_root": str(external_root),
+        **compared,
+        "disclaimer": DISCLAIMER,
+    }
     write_json_atomic(out / "external_validation.json", result)
     markdown = external_markdown(result)
     (out / "summary.md").write_text(markdown)
@@ -802,10 +932,10 @@ def external_markdown(result: dict) -> str:
         rows.append(
             {
                 "model": f"{label} fine-tuning",
-                "Abnormal AUC [95% CI]": _auc_with_ci(entry["auc"], low, high),
-                "threshold": _number(point.get("threshold", math.nan)),
+                "Abnormal AUC [95% CI]": auc_with_ci(entry["auc"], low, high),
+                "threshold": number_text(point.get("threshold", math.nan)),
                 **{
-                    title: _number(point.get(key, math.nan))
+                    title: number_text(point.get(key, math.nan))
                     for key, title in OPERATING_POINT_TITLES.items()
                 },
             }
@@ -821,7 +951,7 @@ def external_markdown(result: dict) -> str:
         "train split.",
         f"- AUC difference (after - before) {delong['diff']:+.3f} "
         f"[{delong['ci_low']:+.3f}, {delong['ci_high']:+.3f}], "
-        f"DeLong p = {_p_value(delong['p_value'])}.",
+        f"DeLong p = {p_value_text(delong['p_value'])}.",
         "- Thresholds: before, the model's own (chosen on its source validation data); after, "
         "chosen on the external validation split.",
         "",
