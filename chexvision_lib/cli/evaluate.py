@@ -46,7 +46,7 @@ def run_report(args: argparse.Namespace) -> None:
             args.run, args.split, output=output, cam_method=args.cam_method, device=args.device
         )
     print(f"figures in {Path(args.run) / args.split / 'figures'}")
-    if args.bbox or report.find_bbox_list(args.run):
+    if args.bbox or report.has_boxes(args.run):
         table = report.localisation_report(
             args.run,
             args.split,
@@ -132,7 +132,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "pass per feature channel)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--bbox", help="BBox_List_2017.csv (default: found beside the run's data)")
+    p.add_argument(
+        "--bbox",
+        help="BBox_List_2017.csv (default: found beside the run's data; RSNA and VinDr runs use "
+        "their datasets' annotation files)",
+    )
     p.set_defaults(func=run_report)
 
     p = commands.add_parser("compare", help="DeLong test of two runs on the same images")

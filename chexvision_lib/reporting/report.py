@@ -18,6 +18,7 @@ from PIL import Image
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, OUTPUTS
 from chexvision_lib.core.predictions import prob_column, read_predictions
 from chexvision_lib.data.batches import CachedSplit
+from chexvision_lib.data.prepare import source_reader
 from chexvision_lib.data.provenance import verify_nih_source
 from chexvision_lib.evaluation.calibration import apply_temperature
 from chexvision_lib.explain.cam_methods import DEFAULT_CAM_METHOD, display_name
@@ -183,6 +184,48 @@ def find_bbox_list(run_dir: str | Path) -> Path | None:
     return None
 
 
+# Datasets whose readers keep radiologists' boxes (data/sources/<kind>.read_boxes).
+BOXED_SOURCES = ("rsna", "vindr")
+
+
+def run_boxes(run_dir: str | Path, bbox_csv: str | Path | None = None) -> tuple[pd.DataFrame, str]:
+    """The boxes to score a run's CAMs against, and where they came from: `bbox_csv` when given
+    (NIH's format), else the annotation files of an RSNA or VinDr source (checked against their
+    recorded hashes), else the BBox_List_2017.csv below an NIH root."""
+    if bbox_csv is not None:
+        return read_bbox_list(bbox_csv), str(bbox_csv)
+    source = json.loads((Path(run_dir) / "config.json").read_text()).get("data_source", {})
+    kind = source.get("kind")
+    if kind in BOXED_SOURCES:
+        return source_reader(kind).read_boxes(source), f"the {kind} annotation files"
+    found = find_bbox_list(run_dir)
+    if found is None:
+        raise FileNotFoundError(
+            f"no boxes found for {run_dir}: its data ({kind}) has no BBox_List_2017.csv and is "
+            f"not one of {', '.join(BOXED_SOURCES)}; pass bbox_csv"
+        )
+    return read_bbox_list(found), str(found)
+
+
+def has_boxes(run_dir: str | Path) -> bool:
+    """Whether `run_boxes` finds boxes for the run without being given a file."""
+    source = json.loads((Path(run_dir) / "config.json").read_text()).get("data_source", {})
+    return source.get("kind") in BOXED_SOURCES or find_bbox_list(run_dir) is not None
+
+
+def original_sizes(boxed: pd.DataFrame) -> list[tuple[int, int]]:
+    """(width, height) of each image's file, the space its boxes are drawn in: the index's own
+    width/height columns where the reader recorded them (DICOM sources), else read from the file
+    header (PIL reads the header only)."""
+    if {"width", "height"} <= set(boxed.columns) and boxed[["width", "height"]].notna().all().all():
+        return list(zip(boxed["width"].astype(int), boxed["height"].astype(int), strict=True))
+    sizes = []
+    for path in boxed["path"]:
+        with Image.open(path) as image:
+            sizes.append(image.size)
+    return sizes
+
+
 def localisation_file(cam_method: str = DEFAULT_CAM_METHOD) -> str:
     """localisation.csv for Grad-CAM, localisation_<cam_method>.csv for the other methods."""
     display_name(cam_method)  # ValueError for an unknown name
@@ -208,23 +251,18 @@ def localisation_report(
     The method column holds `gradcam.method_label(cam_method)` ("grad_cam" for Grad-CAM) and
     "random"; `attrs["boxes_outside_image"]` counts boxes reaching outside their image (each
     run warns about them). `device`: where the model runs ("auto": the GPU when there is one);
-    `progress`: a tqdm bar over the boxed images' pairs.
+    `progress`: a tqdm bar over the boxed images' pairs. The boxes: see `run_boxes` (NIH's list,
+    or RSNA's and VinDr's annotation files).
     """
     run = Path(run_dir)
-    bbox_csv = bbox_csv or find_bbox_list(run)
-    if bbox_csv is None:
-        raise FileNotFoundError(f"no BBox_List_2017.csv found for {run}; pass bbox_csv")
-    boxes = read_bbox_list(bbox_csv)
+    boxes, boxes_from = run_boxes(run, bbox_csv)
     data = CachedSplit(_cache_for(run, cache), split)
     boxed = data.table[data.table["image_id"].isin(set(boxes["image_id"]))]
     if boxed.empty:
-        raise ValueError(f"none of the {split} images has a box in {bbox_csv}")
+        raise ValueError(f"none of the {split} images has a box in {boxes_from}")
     pixels = data.read(boxed.index.to_numpy())
-    # Boxes are in the pixel space of the original files (1024 px for NIH): read their sizes.
-    sizes = []
-    for path in boxed["path"]:
-        with Image.open(path) as image:
-            sizes.append(image.size)
+    # Boxes are in the pixel space of the original files (1024 px for NIH).
+    sizes = original_sizes(boxed)
     model = load_model(run, device=resolve_device(device))
     findings = [f for f in FINDINGS if f in set(boxes["finding"])]
     table = localisation_scores(
@@ -238,5 +276,6 @@ def localisation_report(
         cam_method=cam_method,
         progress=progress,
     )
+    (run / split).mkdir(parents=True, exist_ok=True)  # a split not evaluated yet
     table.to_csv(run / split / localisation_file(cam_method), index=False)
     return table
