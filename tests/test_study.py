@@ -253,8 +253,16 @@ def test_unknown_and_bad_config_keys_are_rejected(tmp_path: Path):
         from_dict(StudyConfig, {**base, "train": {"bacth_size": 8}})
     with pytest.raises(ValueError, match=r"train: \['model'\] are set by the study"):
         from_dict(StudyConfig, {**base, "train": {"model": "resnet18"}})
-    with pytest.raises(ValueError, match=r"architectures: \['resnet19'\] not accepted"):
+    with pytest.raises(
+        ValueError, match=r"unknown architectures 'resnet19' \(did you mean resnet18"
+    ):
         from_dict(StudyConfig, {**base, "architectures": ["resnet19"]})
+    timm_cells = from_dict(StudyConfig, {**base, "architectures": ["timm/resnet10t"]})
+    assert timm_cells.architectures == ("timm/resnet10t",)
+    with pytest.raises(ValueError, match="sizes: image_size 72 does not fit timm/vit_tiny"):
+        from_dict(
+            StudyConfig, {**base, "architectures": ["timm/vit_tiny_patch16_224"], "sizes": [72]}
+        )
     with pytest.raises(ValueError, match=r"tasks: \['multilabel'\] not accepted"):
         from_dict(StudyConfig, {**base, "tasks": ["multilabel"]})
     with pytest.raises(ValueError, match="alexnet needs at least 63 px"):

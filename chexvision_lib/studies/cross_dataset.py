@@ -52,7 +52,12 @@ from chexvision_lib.data.label_space import provided_findings
 from chexvision_lib.data.prepare import prepare
 from chexvision_lib.evaluation.compare import compare_predictions
 from chexvision_lib.evaluation.metrics import bootstrap_auc, holm_correction
-from chexvision_lib.models.registry import MODEL_NAMES, find_pretrained_weights, min_image_size
+from chexvision_lib.models.registry import (
+    check_image_size,
+    check_model_name,
+    find_pretrained_weights,
+    min_image_size,
+)
 from chexvision_lib.reporting.cross_dataset_plots import MACRO, cross_dataset_heatmap, output_title
 from chexvision_lib.studies.study import (
     Cell,
@@ -177,15 +182,16 @@ class CrossDatasetConfig:
             raise ValueError(
                 "datasets: no dataset has train=true; the study needs at least one to train on"
             )
-        if self.architecture not in MODEL_NAMES:
-            raise ValueError(
-                f"architecture: {self.architecture!r} not accepted; choose from {list(MODEL_NAMES)}"
-            )
+        check_model_name(self.architecture, "architecture")  # built-in names and timm/<name>
         smallest = max(32, min_image_size(self.architecture))
         if not isinstance(self.size, int) or self.size < smallest:
             raise ValueError(
                 f"size: {self.architecture} needs at least {smallest} px, got {self.size}"
             )
+        try:
+            check_image_size(self.architecture, self.size)
+        except ValueError as error:
+            raise ValueError(f"size: {error}") from None
         if self.n_resamples < 1:
             raise ValueError(f"n_resamples must be at least 1, got {self.n_resamples}")
         check_train_settings(self.train)

@@ -50,8 +50,9 @@ from chexvision_lib.evaluation.compare import compare_predictions
 from chexvision_lib.evaluation.evaluate import evaluate_run, metrics_from_predictions, same_data
 from chexvision_lib.evaluation.metrics import choose_thresholds_for, holm_correction
 from chexvision_lib.models.registry import (
-    MODEL_NAMES,
     WEIGHTS_FILE,
+    check_image_size,
+    check_model_name,
     find_pretrained_weights,
     min_image_size,
 )
@@ -131,7 +132,12 @@ class StudyConfig:
                 "to prepare at each size) or synthetic_patients (> 0: the built-in synthetic set)"
             )
         check_data_kind(self.kind, self.options, data_root=self.data_root is not None)
-        _check_choices("architectures", self.architectures, MODEL_NAMES)
+        if not self.architectures or len(set(self.architectures)) != len(self.architectures):
+            raise ValueError(
+                f"architectures: give one or more distinct names, got {self.architectures}"
+            )
+        for arch in self.architectures:
+            check_model_name(arch, "architectures")  # built-in names and timm/<name>
         _check_choices("initialisations", self.initialisations, INITIALISATIONS)
         _check_choices("tasks", self.tasks, TASKS)
         if not self.sizes or len(set(self.sizes)) != len(self.sizes):
@@ -141,6 +147,10 @@ class StudyConfig:
                 smallest = max(32, min_image_size(arch))
                 if not isinstance(size, int) or size < smallest:
                     raise ValueError(f"sizes: {arch} needs at least {smallest} px, got {size!r}")
+                try:
+                    check_image_size(arch, size)
+                except ValueError as error:
+                    raise ValueError(f"sizes: {error}") from None
         if self.folds < 2:
             raise ValueError(
                 f"folds must be at least 2 (k-fold cross-validation), got {self.folds}"
