@@ -374,3 +374,33 @@ def test_external_command_is_registered(tmp_path: Path):
     )
     assert (args.run, args.external_root, args.fine_tune_epochs) == ("RUN", "ROOT", 2)
     assert args.func is study_cli.run_external
+
+
+def test_tta_rows_score_the_same_fold_models_with_augmentation(tiny_study, monkeypatch):
+    """Last in the module: it adds rows to the shared study's summary. The folds are finished,
+    so nothing trains again; each cell gains a +tta-hflip row built from the folds' TTA scores."""
+    config, _ = tiny_study
+    monkeypatch.setattr(study_module, "fit", lambda *a, **k: pytest.fail("trained again"))
+    plain = run_study(config, show_progress=False)  # the folds as earlier tests left them
+    with_tta = from_dict(StudyConfig, {**to_dict(config), "tta": ["hflip"]})
+    summary = run_study(with_tta, show_progress=False)
+    cells = [cell.name for cell in grid(config)]
+    assert list(summary["cell"]) == [n for c in cells for n in (c, f"{c}+tta-hflip")]
+    merged = summary.set_index("cell")
+    for name in cells:  # the plain rows are unchanged
+        assert merged.loc[name, "ensemble_auc"] == pytest.approx(
+            plain.set_index("cell").loc[name, "ensemble_auc"]
+        )
+        folds = [
+            read_predictions(run / "test" / "tta-hflip" / "predictions.csv")
+            for run in fold_runs(config, name)
+        ]
+        ensemble = read_predictions(
+            cell_folder(config, name) / "ensemble-tta-hflip" / "predictions.csv"
+        )
+        mean = np.mean([f[PROB_COLUMNS].to_numpy(dtype=float) for f in folds], axis=0)
+        np.testing.assert_allclose(ensemble[PROB_COLUMNS].to_numpy(dtype=float), mean)
+        assert merged.loc[f"{name}+tta-hflip", "tta"] == "hflip"
+    assert "`+tta-<name>` rows" in (Path(config.out) / "summary.md").read_text()
+    with pytest.raises(ValueError, match="tta must be one of"):
+        from_dict(StudyConfig, {**to_dict(config), "tta": ["vflip"]})

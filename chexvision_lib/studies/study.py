@@ -47,7 +47,12 @@ from chexvision_lib.data.cache import open_cache
 from chexvision_lib.data.prepare import KINDS, check_options, prepare
 from chexvision_lib.data.synthetic import MARKER_NAME, write_synthetic_nih
 from chexvision_lib.evaluation.compare import compare_predictions
-from chexvision_lib.evaluation.evaluate import evaluate_run, metrics_from_predictions, same_data
+from chexvision_lib.evaluation.evaluate import (
+    evaluate_run,
+    metrics_from_predictions,
+    same_data,
+    tta_folder,
+)
 from chexvision_lib.evaluation.metrics import choose_thresholds_for, holm_correction
 from chexvision_lib.models.registry import (
     WEIGHTS_FILE,
@@ -56,6 +61,7 @@ from chexvision_lib.models.registry import (
     find_pretrained_weights,
     min_image_size,
 )
+from chexvision_lib.models.tta import check_tta
 from chexvision_lib.publishing.model_card import markdown_table
 from chexvision_lib.training.config import TrainConfig
 from chexvision_lib.training.loop import fit
@@ -122,6 +128,9 @@ class StudyConfig:
     train: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields, shared
     n_resamples: int = 1000  # patient-bootstrap resamples for the CIs
     reference: str | None = None  # the cell the others are DeLong-tested against (default: first)
+    # Test-time augmentations (models/tta.py, e.g. "hflip") each cell is also scored with: the
+    # same fold models, one more summary row per augmentation ("<cell>+tta-hflip").
+    tta: tuple[str, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -158,6 +167,10 @@ class StudyConfig:
         if self.n_resamples < 1:
             raise ValueError(f"n_resamples must be at least 1, got {self.n_resamples}")
         check_train_settings(self.train)
+        if len(set(self.tta)) != len(self.tta) or "none" in self.tta:
+            raise ValueError(f"tta: give distinct augmentations other than none, got {self.tta}")
+        for tta in self.tta:
+            check_tta(tta)
         names = [cell.name for cell in grid(self)]
         if self.reference is not None and self.reference not in names:
             raise ValueError(f"reference: {self.reference!r} is not a cell; the cells are {names}")
@@ -391,10 +404,11 @@ def fold_average(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return averaged
 
 
-def out_of_fold_predictions(runs: list[Path]) -> pd.DataFrame:
-    """Each fold's model on its own validation fold, concatenated: every train + val image once."""
+def out_of_fold_predictions(runs: list[Path], subfolder: str = "") -> pd.DataFrame:
+    """Each fold's model on its own validation fold, concatenated: every train + val image once.
+    `subfolder`: read the predictions made with a test-time augmentation (e.g. "tta-hflip")."""
     frames = [
-        read_predictions(run / "val" / "predictions.csv").assign(fold=number)
+        read_predictions(run / "val" / subfolder / "predictions.csv").assign(fold=number)
         for number, run in enumerate(runs)
     ]
     oof = pd.concat(frames, ignore_index=True)
@@ -423,18 +437,28 @@ def primary_auc(metrics: dict, task: str) -> tuple[str, float, list[float] | Non
 
 
 def build_ensemble(
-    cell: Cell, runs: list[Path], folder: Path, *, threshold_method: str, n_resamples: int
+    cell: Cell,
+    runs: list[Path],
+    folder: Path,
+    *,
+    threshold_method: str,
+    n_resamples: int,
+    subfolder: str = "",
 ) -> dict:
-    """ensemble/: fold-averaged test predictions scored at out-of-fold validation thresholds."""
+    """ensemble/: fold-averaged test predictions scored at out-of-fold validation thresholds.
+    With `subfolder` (a test-time augmentation's, "tta-hflip"), both the test predictions and
+    the out-of-fold ones that choose the thresholds are those made with that augmentation."""
     folder.mkdir(parents=True, exist_ok=True)
-    oof = out_of_fold_predictions(runs)
+    oof = out_of_fold_predictions(runs, subfolder)
     thresholds = thresholds_from(oof, threshold_method)
-    tests = [read_predictions(run / "test" / "predictions.csv") for run in runs]
+    tests = [read_predictions(run / "test" / subfolder / "predictions.csv") for run in runs]
     ensemble = fold_average(tests)
     oof.to_csv(folder / "oof_val_predictions.csv", index=False)
     ensemble.to_csv(folder / "predictions.csv", index=False)
     metrics = metrics_from_predictions(ensemble, thresholds, split="test", n_resamples=n_resamples)
-    fold_metrics = [json.loads((run / "test" / "metrics.json").read_text()) for run in runs]
+    fold_metrics = [
+        json.loads((run / "test" / subfolder / "metrics.json").read_text()) for run in runs
+    ]
     metrics["ensemble"] = {
         "cell": cell.name,
         "members": [str(run) for run in runs],
@@ -455,14 +479,17 @@ def training_seconds(runs: list[Path]) -> float:
     return float(sum(pd.read_csv(run / "history.csv")["seconds"].sum() for run in runs))
 
 
-def summary_row(cell: Cell, metrics: dict, train_seconds: float) -> dict[str, Any]:
+def summary_row(
+    cell: Cell, metrics: dict, train_seconds: float, tta: str = "none"
+) -> dict[str, Any]:
     name, auc, ci = primary_auc(metrics, cell.task)
     fold_aucs = np.array(metrics["ensemble"]["fold_aucs"], dtype=float)
     abnormal = metrics["outputs"][ABNORMAL]
     operating = abnormal.get("at_validation_threshold", {})
     return {
-        "cell": cell.name,
+        "cell": cell.name if tta == "none" else f"{cell.name}+{tta_folder(tta)}",
         "task": cell.task,
+        "tta": tta,
         "arch": cell.arch,
         "init": cell.init,
         "size": cell.size,
@@ -573,6 +600,8 @@ def summary_markdown(summary: pd.DataFrame, config: StudyConfig, threshold_metho
     )
     if (summary["auc_metric"] != "Abnormal AUC").any():
         shown["Abnormal AUC [95% CI]"] = _auc_column(summary, "abnormal_auc")
+    # Training time summed over the folds (history.csv; evaluation and TTA scoring excluded).
+    shown["train min"] = (summary["train_seconds"] / 60).map(lambda m: f"{m:.1f}")
     shown["threshold"] = summary["threshold"].map(number_text)
     for column, title in OPERATING_POINT_TITLES.items():
         shown[title] = summary[column].map(number_text)
@@ -601,6 +630,12 @@ def summary_markdown(summary: pd.DataFrame, config: StudyConfig, threshold_metho
         f"- p: DeLong test of each ensemble's Abnormal AUC vs the reference cell `{reference}` "
         "on the same test images, Holm-adjusted across the cells compared.",
     ]
+    if config.tta:
+        notes.append(
+            "- `+tta-<name>` rows: the same fold models scored with test-time augmentation "
+            "(logits averaged over the views); their thresholds are chosen on the out-of-fold "
+            "validation predictions made with the same augmentation."
+        )
     if "findings p<0.05 (Holm)" in shown.columns:
         notes.append(
             "- Findings p<0.05: how many of the 14 findings' AUCs differ from the reference's "
@@ -611,6 +646,19 @@ def summary_markdown(summary: pd.DataFrame, config: StudyConfig, threshold_metho
 
 
 # --- the study ----------------------------------------------------------------------------------
+def score_with_tta(runs: list[Path], tta: str, *, n_resamples: int, device: str) -> None:
+    """Each fold's validation and test splits scored with test-time augmentation `tta` (into
+    <split>/tta-<tta>/), unless done before; "none" needs nothing (run_fold scored them)."""
+    if tta == "none":
+        return
+    for run in runs:
+        for split in ("val", "test"):
+            if not (run / split / tta_folder(tta) / "metrics.json").exists():
+                evaluate_run(
+                    run, split, device=device, n_resamples=n_resamples, show_progress=False, tta=tta
+                )
+
+
 def study_plan(config: StudyConfig) -> list[tuple[Cell, list[TrainConfig]]]:
     """Every cell with the TrainConfig of each of its folds."""
     caches = cache_paths(config)
@@ -669,12 +717,20 @@ def run_study(config: StudyConfig | str | Path, show_progress: bool = True) -> p
                     f"[cell {number}/{len(plan)}] {cell.name} fold {fold + 1}/{config.folds}: "
                     f"{done} ({(time.perf_counter() - started) / 60:.1f} min)"
                 )
-        folder = out / cell.name / "ensemble"
-        metrics = build_ensemble(
-            cell, runs, folder, threshold_method=threshold_method, n_resamples=config.n_resamples
-        )
-        ensembles[cell.name] = read_predictions(folder / "predictions.csv")
-        rows.append(summary_row(cell, metrics, training_seconds(runs)))
+        for tta in ("none", *config.tta):
+            score_with_tta(runs, tta, n_resamples=config.n_resamples, device=device)
+            subfolder = "" if tta == "none" else tta_folder(tta)
+            folder = out / cell.name / ("ensemble" if tta == "none" else f"ensemble-{subfolder}")
+            metrics = build_ensemble(
+                cell,
+                runs,
+                folder,
+                threshold_method=threshold_method,
+                n_resamples=config.n_resamples,
+                subfolder=subfolder,
+            )
+            rows.append(summary_row(cell, metrics, training_seconds(runs), tta))
+            ensembles[rows[-1]["cell"]] = read_predictions(folder / "predictions.csv")
     reference = reference_cell(config)
     tests = delong_against_reference(ensembles, reference)
     summary = add_delong_columns(pd.DataFrame(rows), tests, reference)
