@@ -61,6 +61,19 @@ def test_the_seed_recipe_is_the_issue_s():
     assert (scratch.pretrained, scratch.lr) == (None, 1e-2)
 
 
+def test_the_record_recipe_is_densenet_at_448_with_ema():
+    config = config_with_recipe({"recipe": "nih-sota", "cache": "c", "out": "o"})
+    assert (config.model, config.pretrained, config.head) == ("densenet121", "imagenet", "dual")
+    assert 384 <= config.image_size <= 512
+    assert (config.optimizer, config.lr_schedule) == ("adamw", "cosine")
+    assert config.warmup_epochs > 0 and config.patience < config.epochs
+    assert 0.99 < config.ema_decay < 1.0 and config.ema_every >= 1
+    # the EMA's horizon (~1 / (1 - decay) steps) spans at most a few epochs of ~77k images
+    effective_batch = config.batch_size * config.accum_steps
+    assert 1 / (1 - config.ema_decay) < 5 * 77_000 / effective_batch
+    assert config.hflip
+
+
 def test_explicit_values_override_the_recipe():
     config = config_with_recipe(
         {"recipe": "chexnet", "cache": "c", "out": "o", "epochs": 3, "pretrained": None}

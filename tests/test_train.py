@@ -23,11 +23,11 @@ from chexvision_lib.data.batches import BatchLoader, CachedSplit
 from chexvision_lib.data.prepare import prepare
 from chexvision_lib.evaluation.evaluate import evaluate_run
 from chexvision_lib.models.loading import load_model
-from chexvision_lib.models.predict import predict_images
+from chexvision_lib.models.predict import predict_images, predict_loader
 from chexvision_lib.models.registry import build_model
 from chexvision_lib.training.checkpoints import load_checkpoint
 from chexvision_lib.training.config import TrainConfig
-from chexvision_lib.training.loop import fit, train_one_epoch
+from chexvision_lib.training.loop import fit, train_one_epoch, validation_row
 from chexvision_lib.training.losses import masked_bce, positive_weights
 from chexvision_lib.training.optimisation import make_optimizer, set_backbone_frozen
 
@@ -115,9 +115,12 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_killed_run_resumes_to_the_same_weights_and_history(cache: Path, tmp_path: Path):
-    reference = fit(small_config(cache, tmp_path / "reference"), show_progress=False)
+    """With a weight EMA (averaged every 2 steps, past its warm-up at the first checkpoint): the
+    raw weights, their average and the early-stopping memory all resume exactly."""
+    ema = {"ema_decay": 0.9, "ema_every": 2, "warmup_epochs": 0.5}
+    reference = fit(small_config(cache, tmp_path / "reference", **ema), show_progress=False)
     killed = tmp_path / "killed"
-    config = small_config(cache, killed)
+    config = small_config(cache, killed, **ema)
     code = (
         "import sys, json; from chexvision_lib import fit, TrainConfig; "
         f"fit(TrainConfig(**json.loads({json.dumps(json.dumps(config.__dict__))})), "
@@ -130,7 +133,9 @@ def test_killed_run_resumes_to_the_same_weights_and_history(cache: Path, tmp_pat
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert load_checkpoint(checkpoint)["state"]["progress"]["epoch"] < 3, "killed before the end"
+    saved = load_checkpoint(checkpoint)["state"]
+    assert saved["progress"]["epoch"] < 3, "killed before the end"
+    assert saved["ema"]["steps"] == saved["progress"]["step"] and saved["ema"]["averaged"]
     # As if the kill had also landed while the next checkpoint was being written: a torn
     # temporary file beside the last complete one, which resume must ignore.
     checkpoint.with_name("last.pt.tmp").write_bytes(checkpoint.read_bytes()[:4096])
@@ -142,10 +147,51 @@ def test_killed_run_resumes_to_the_same_weights_and_history(cache: Path, tmp_pat
     assert wa.keys() == wb.keys()
     for key in wa:
         assert torch.equal(wa[key], wb[key]), key
-    assert (
-        json.loads((reference / "model" / "config.json").read_text())["thresholds"]
-        == json.loads((killed / "model" / "config.json").read_text())["thresholds"]
-    )
+    shipped = [
+        json.loads((run / "model" / "config.json").read_text()) for run in (reference, killed)
+    ]
+    for key in ("thresholds", "temperatures", "best_epoch", "shipped_weights"):
+        assert shipped[0][key] == shipped[1][key], key
+    final = [
+        load_checkpoint(run / "checkpoints" / "last.pt")["state"] for run in (reference, killed)
+    ]
+    for key, value in final[0]["ema"]["averaged"].items():
+        assert torch.equal(value, final[1]["ema"]["averaged"][key]), key
+
+
+def test_the_better_of_the_weights_and_their_average_ships(cache: Path, tmp_path: Path):
+    """Each epoch validates both; early stopping watches the better; the best epoch's better
+    weights ship, with temperatures and thresholds chosen on their validation predictions. The
+    average never changes the training itself."""
+    plain = fit(small_config(cache, tmp_path / "plain", epochs=2), show_progress=False)
+    run = fit(small_config(cache, tmp_path / "ema", epochs=2, ema_decay=0.9), show_progress=False)
+    history, without = pd.read_csv(run / "history.csv"), pd.read_csv(plain / "history.csv")
+    chosen = ["monitor", "monitor_weights"]
+    raw_columns = [c for c in without.columns if c not in TIMING_COLUMNS + chosen]
+    pd.testing.assert_frame_equal(history[raw_columns], without[raw_columns])
+    assert (without["monitor_weights"] == "raw").all()
+    # In the warm-up (the first epoch) the average follows the weights: the same AUCs.
+    assert history.loc[0, "ema_macro_auc"] == history.loc[0, "macro_auc"]
+    for _, row in history.iterrows():
+        use_ema = row["ema_macro_auc"] > row["macro_auc"]
+        assert row["monitor"] == max(row["ema_macro_auc"], row["macro_auc"])
+        assert row["monitor_weights"] == ("ema" if use_ema else "raw")
+    assert (history["monitor_weights"] == "ema").any(), "this seed's average wins an epoch"
+
+    shipped = json.loads((run / "model" / "config.json").read_text())
+    best = int(history["monitor"].idxmax())
+    assert shipped["best_epoch"] == best + 1
+    assert shipped["shipped_weights"] == history.loc[best, "monitor_weights"]
+    # The shipped weights are that epoch's: their validation AUCs (which temperatures, being
+    # monotone, leave alone) are the ones history.csv recorded for them.
+    model = load_model(run)
+    val = CachedSplit(cache, "val")
+    loader = BatchLoader(val, 32, torch.device("cpu"), shuffle=False)
+    probs, labels = predict_loader(model, loader, model.preprocessing, None)
+    prefix = "ema_" if shipped["shipped_weights"] == "ema" else ""
+    for name, value in validation_row(probs, labels).items():
+        assert value == pytest.approx(history.loc[best, prefix + name], abs=1e-6, nan_ok=True), name
+    assert model.temperatures is not None and len(model.thresholds) == 15
 
 
 def test_a_moved_run_resumes_where_it_is_now(cache: Path, tmp_path: Path, capsys):

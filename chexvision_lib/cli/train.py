@@ -10,28 +10,38 @@ from pathlib import Path
 from chexvision_lib.training.config import TrainConfig, field_help
 
 NOT_FLAGS = ("func", "command", "debug", "resume", "config")
+# torchrun reads any prefix of its own flags anywhere in the command line, even after the script
+# (--log would be its --log-dir): under torchrun, --log is spelt --log-to.
+ALIASES = {"log": ("--log-to",)}
+
+
+def comma_separated(text: str) -> list[str]:
+    """An argparse type: `a,b` -> ["a", "b"] (with action="extend", --flag may also repeat)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One --flag per TrainConfig field: its type, choices and help come from the dataclass."""
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
+        flags = ["--" + field.name.replace("_", "-"), *ALIASES.get(field.name, ())]
         hint = hints[field.name]
         args = typing.get_args(hint)
         default = field.default if field.default is not dataclasses.MISSING else None
         help_text = field_help(TrainConfig, field.name) + (
-            f" (default: {default})" if default is not None else ""
+            f" (default: {default})" if default not in (None, ()) else ""
         )
         # SUPPRESS: only the flags given reach the config, so --resume can tell them apart.
         common = {"dest": field.name, "default": argparse.SUPPRESS, "help": help_text}
         if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
         elif typing.get_origin(hint) is typing.Literal:
-            parser.add_argument(flag, choices=args, **common)
+            parser.add_argument(*flags, choices=args, **common)
+        elif typing.get_origin(hint) is tuple:  # repeatable, or comma-separated values
+            parser.add_argument(*flags, type=comma_separated, action="extend", **common)
         else:
             base = next((a for a in args if a is not type(None)), hint) if args else hint
-            parser.add_argument(flag, type=base, **common)
+            parser.add_argument(*flags, type=base, **common)
 
 
 def run_train(args: argparse.Namespace) -> None:

@@ -14,7 +14,8 @@ from chexvision_lib.models.registry import ChestClassifier
 # --- checkpoints --------------------------------------------------------------------------------
 # The layout of last.pt: {"format", "state": TrainState.state_dict(), "config"}. A file of
 # another layout cannot be resumed by this code, and says so rather than failing half-way.
-CHECKPOINT_FORMAT = 2
+# Format 3 added the weight EMA's state and which weights (raw or averaged) are the best.
+CHECKPOINT_FORMAT = 3
 
 
 def save_checkpoint(path: Path, state: dict, config: dict) -> None:

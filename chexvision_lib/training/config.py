@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from chexvision_lib.training.experiment_log import check_backends
+
 
 def option(default: Any, help: str) -> Any:
     """A dataclass field with a default and its one line of documentation."""
@@ -25,7 +27,9 @@ def field_help(cls: type, name: str) -> str:
 class TrainConfig:
     cache: str = field(metadata={"help": "a folder written by `chexvision prepare`"})
     out: str = field(metadata={"help": "the run folder to write"})
-    model: str = option("seresnet", "architecture name (see `chexvision_lib.MODEL_NAMES`)")
+    model: str = option(
+        "seresnet", "architecture name (see `chexvision_lib.MODEL_NAMES`) or timm/<timm name>"
+    )
     head: Literal["dual", "binary"] = option(
         "dual", "dual: 14 findings + abnormal; binary: one abnormal logit (Tang et al.)"
     )
@@ -63,6 +67,14 @@ class TrainConfig:
         0.1, "with freeze_epochs: the backbone's lr once unfrozen, as a fraction of lr"
     )
     patience: int = option(5, "early stopping: epochs without a better validation AUC")
+    ema_decay: float = option(
+        0.0,
+        "weight EMA decay per optimiser step (e.g. 0.9998; 0: off); each epoch validates the "
+        "weights and their average, and the better of the two ships",
+    )
+    ema_every: int = option(
+        1, "with ema_decay: average every N optimiser steps (decay ** N: the same horizon)"
+    )
     dropout: float = option(0.0, "dropout before the heads")
     augment: bool = option(True, "random affine + intensity augmentation on the device")
     hflip: bool = option(False, "random horizontal flips (off: a flip puts the heart on the right)")
@@ -97,6 +109,11 @@ class TrainConfig:
         None, "Hub repo whose 'checkpoints' branch gets model/, history.csv, last.pt each N epochs"
     )
     hub_checkpoint_every: int = option(1, "with hub_checkpoint_repo: upload every N epochs")
+    log: tuple[str, ...] = option(
+        (),
+        "experiment logs under RUN/logs: tensorboard, mlflow (a local file store), wandb "
+        "(offline); repeat the flag or separate with commas (under torchrun: --log-to)",
+    )
 
     @property
     def lr_schedule(self) -> Literal["cosine", "plateau"]:
@@ -112,6 +129,7 @@ class TrainConfig:
             "patience",
             "plateau_patience",
             "hub_checkpoint_every",
+            "ema_every",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -124,3 +142,12 @@ class TrainConfig:
             raise ValueError(f"freeze_epochs must be in [0, epochs), got {self.freeze_epochs}")
         if self.pretrained and self.init_from:
             raise ValueError("pass either pretrained or init_from, not both")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no EMA), got {self.ema_decay}")
+        if isinstance(self.log, str):
+            raise TypeError(
+                f"log: expected a list of backends, e.g. ['tensorboard'], got {self.log!r}"
+            )
+        # A list (from JSON) becomes the tuple a saved config compares equal to on resume.
+        object.__setattr__(self, "log", tuple(self.log))
+        check_backends(self.log)

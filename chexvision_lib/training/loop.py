@@ -2,14 +2,19 @@
 
 Run folder:
     config.json      the resolved TrainConfig (+ world size, effective batch size, data source)
-    history.csv      one row per epoch: losses, per-class and macro AUC, binary AUC, lr, s, img/s
+    history.csv      one row per epoch: losses, per-class and macro AUC, binary AUC, lr, s, img/s;
+                     with a weight EMA the same validation columns again for the averaged weights
+                     (ema_val_loss, ema_macro_auc, ...); `monitor` is what early stopping watched
+                     and `monitor_weights` whose it was ("raw" or "ema")
     checkpoints/last.pt   everything needed to resume (written atomically each epoch)
-    model/           the best epoch's weights (model.safetensors) + config.json with thresholds
+    model/           the best epoch's better weights (model.safetensors) + config.json with
+                     thresholds, best_epoch and shipped_weights ("raw" or "ema")
+    logs/            with --log: TensorBoard, MLflow, W&B (see experiment_log.py)
 
 `fit` reads top to bottom in named phases: set up the runtime, open the data, build the model,
-the optimiser and schedule (one `TrainState`), resume, the epoch loop (train_one_epoch, validate,
-keep the best, checkpoint, stop early), then thresholds chosen on validation with the best
-weights, which are the weights that ship.
+the optimiser and schedule (one `TrainState`), resume, the epoch loop (train_one_epoch, validate
+the weights and their average, keep the best, checkpoint, stop early), then thresholds chosen on
+validation with the best weights, which are the weights that ship.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from chexvision_lib.runtime import distributed
 from chexvision_lib.runtime.devices import autocast_dtype, resolve_device
 from chexvision_lib.training.checkpoints import load_checkpoint, save_checkpoint, save_model_folder
 from chexvision_lib.training.config import TrainConfig
+from chexvision_lib.training.ema import WeightEMA
+from chexvision_lib.training.experiment_log import ExperimentLogs, StepLog
 from chexvision_lib.training.hub_checkpoints import make_epoch_uploader
 from chexvision_lib.training.losses import bce_from_probs, masked_bce, positive_weights
 from chexvision_lib.training.optimisation import lr_lambda, make_optimizer, set_backbone_frozen
@@ -58,14 +65,20 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None,
     epoch: int,
     show_progress: bool,
+    ema: WeightEMA | None = None,
+    step_log: StepLog | None = None,
 ) -> tuple[float, int]:
-    """One pass over the training split; returns (mean loss, images seen by all processes)."""
+    """One pass over the training split; returns (mean loss, images seen by all processes).
+
+    After each optimiser step the weight EMA (if any) updates and the step's loss and learning
+    rate go to the step log (if any)."""
     device = loader.device
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch + 7)
     settings = Augment(hflip=config.hflip)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     running = torch.zeros((), device=device)  # summed on the device: no host sync per step
     images = 0
+    step_sum, step_images = torch.zeros((), device=device), 0  # this optimiser step's
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(
         loader,
@@ -88,14 +101,25 @@ def train_one_epoch(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = masked_bce(model(x), labels, pos_weight)
             scaler.scale(loss / config.accum_steps).backward()
-        running += loss.detach() * len(x)
-        images += len(x)
+        step_sum += loss.detach() * len(x)
+        step_images += len(x)
         if last_micro:
+            lr = optimizer.param_groups[0]["lr"]
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()
+            if ema is not None:
+                ema.update()
+            if step_log is not None:
+                step_log.add(step_sum / step_images, lr)
+            running += step_sum
+            images += step_images
+            step_sum.zero_()
+            step_images = 0
+    if step_log is not None:
+        step_log.flush()
     # One sync per epoch: the loss and image count of every rank, for history.csv.
     totals = distributed.all_reduce_sum(
         torch.stack([running, torch.tensor(float(images), device=device)])
@@ -116,11 +140,11 @@ def validation_row(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return row
 
 
-def monitor_value(row: dict[str, float]) -> float:
+def monitor_value(row: dict[str, float], prefix: str = "") -> float:
     """Early stopping watches macro AUC over the findings, or binary AUC where findings are
     unknown (binary datasets, binary head)."""
-    value = row["macro_auc"]
-    return row["binary_auc"] if math.isnan(value) else value
+    value = row[prefix + "macro_auc"]
+    return row[prefix + "binary_auc"] if math.isnan(value) else value
 
 
 # --- the phases of a run ------------------------------------------------------------------------
@@ -221,9 +245,9 @@ def new_train_state(
     model: ChestClassifier, config: TrainConfig, steps_per_epoch: int, runtime: Runtime
 ) -> TrainState:
     """The optimiser and its schedule: warm-up + cosine per step, or x factor on a validation
-    plateau (Tang et al., CheXNet)."""
+    plateau (Tang et al., CheXNet); and the weights' moving average when ema_decay > 0."""
     optimizer = make_optimizer(model, config, runtime.device)
-    scheduler, plateau = None, None
+    scheduler, plateau, warmup = None, None, 0
     if config.lr_schedule == "cosine":
         warmup = int(config.warmup_epochs * steps_per_epoch)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -234,7 +258,11 @@ def new_train_state(
             optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience
         )
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
-    return TrainState(model, optimizer, scheduler, plateau, scaler)
+    ema = None
+    if config.ema_decay > 0:
+        # Through the warm-up the average follows the weights (the torchvision references').
+        ema = WeightEMA(model, config.ema_decay, config.ema_every, follow_steps=warmup)
+    return TrainState(model, optimizer, scheduler, plateau, scaler, ema)
 
 
 def resume_train_state(state: TrainState, run: Path, config: TrainConfig) -> None:
@@ -282,9 +310,12 @@ def run_epoch(
     config: TrainConfig,
     runtime: Runtime,
     show: bool,
+    logs: ExperimentLogs,
 ) -> dict:
-    """Train one epoch, then validate; returns the epoch's history row."""
-    model, spec = state.model, state.model.preprocessing
+    """Train one epoch, then validate the weights (and their average); returns the epoch's
+    history row."""
+    model, spec, ema = state.model, state.model.preprocessing, state.ema
+    step_log = StepLog(logs, state.step) if logs else None
     # Every random draw of this epoch derives from (seed, epoch): resuming is exact.
     torch.manual_seed(config.seed * 1_000_003 + epoch)
     frozen = epoch < config.freeze_epochs
@@ -304,23 +335,50 @@ def run_epoch(
         runtime.amp_dtype,
         epoch,
         show,
+        ema,
+        step_log,
     )
     seconds = time.perf_counter() - started
     state.step += data.steps_per_epoch
-    probs, labels = predict_loader(
-        model, data.val_loader, spec, runtime.amp_dtype, config.channels_last, "validate", show
-    )
-    return {
+    row = {
         "epoch": epoch + 1,
         "phase": "frozen" if frozen else "full",
         "train_loss": train_loss,
-        "val_loss": bce_from_probs(probs, labels, data.pos_weight.cpu().numpy()),
-        **validation_row(probs, labels),
+        **validate(model, data, config, runtime, "validate", show),
+    }
+    # The average validates like the weights; the better of the two is this epoch's candidate.
+    if ema is not None:
+        averaged = validate(ema.module, data, config, runtime, "validate EMA", show)
+        row.update({f"ema_{name}": value for name, value in averaged.items()})
+    raw_monitor = monitor_value(row)
+    ema_monitor = monitor_value(row, "ema_") if ema is not None else -math.inf
+    use_ema = ema_monitor > raw_monitor
+    row["monitor"] = ema_monitor if use_ema else raw_monitor
+    row["monitor_weights"] = "ema" if use_ema else "raw"
+    return {
+        **row,
         "lr": state.optimizer.param_groups[0]["lr"],
         "backbone_lr": 0.0 if frozen else state.optimizer.param_groups[1]["lr"],
         "seconds": seconds,
         "images_per_s": seen / seconds,
     }
+
+
+def validate(
+    model: ChestClassifier,
+    data: RunData,
+    config: TrainConfig,
+    runtime: Runtime,
+    desc: str,
+    show: bool,
+) -> dict[str, float]:
+    """Validation loss and AUCs of one set of weights (every rank: predict_loader gathers)."""
+    spec, amp = model.preprocessing, runtime.amp_dtype
+    probs, labels = predict_loader(
+        model, data.val_loader, spec, amp, config.channels_last, desc, show
+    )
+    loss = bce_from_probs(probs, labels, data.pos_weight.cpu().numpy())
+    return {"val_loss": loss, **validation_row(probs, labels)}
 
 
 def save_progress(run: Path, state: TrainState, config: TrainConfig) -> None:
@@ -339,8 +397,8 @@ def ship_best_model(
     resolved: dict,
     show: bool,
 ) -> None:
-    """Reload the best epoch's weights, fit their temperatures and choose their thresholds on
-    validation, save model/.
+    """Reload the best epoch's weights (raw or averaged, whichever validated better), fit their
+    temperatures and choose their thresholds on validation, save model/.
 
     Runs in the main process alone, so it reads the whole validation split itself."""
     best = load_model(run / "model", device=runtime.device)
@@ -362,10 +420,18 @@ def ship_best_model(
     best.to("cpu")
     extra = {
         "best_epoch": state.best_epoch,
+        "shipped_weights": state.best_weights,
         "threshold_method": config.threshold_method,
         "training": resolved,
     }
     save_model_folder(best, run / "model", extra)
+
+
+def run_files_to_log(run: Path) -> list[Path]:
+    """What the experiment logs keep of a finished run: its history, the shipped model's config
+    (thresholds, temperatures) and any figures already in the run folder."""
+    figures = sorted(p for p in run.rglob("*.png") if "logs" not in p.relative_to(run).parts)
+    return [run / "history.csv", run / "model" / "config.json", *figures]
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -405,28 +471,36 @@ def fit(config: TrainConfig, resume: bool = False, show_progress: bool = True) -
         initial=state.epoch,
         total=config.epochs,
     )
-    for epoch in epoch_bar:
-        row = run_epoch(epoch, state, train_model, data, config, runtime, show)
-        monitor = monitor_value(row)
-        improved = state.record_epoch(row, monitor, config.patience)
-        if improved and main_process:
-            save_model_folder(model, run / "model", {"best_epoch": epoch + 1, "training": resolved})
-        if state.plateau is not None:
-            state.plateau.step(monitor)
-        if main_process:
-            save_progress(run, state, config)
-            if uploader is not None:
-                uploader(run, epoch + 1)
-        epoch_bar.set_postfix(val=f"{monitor:.4f}", best=f"{state.best:.4f}")
-        if state.stopped_early:
-            break
-    epoch_bar.close()
+    # Rank 0 alone logs; a failure closes the logs as a failed run.
+    with ExperimentLogs(config.log if main_process else (), run, state.step) as logs:
+        logs.log_config(resolved)
+        for epoch in epoch_bar:
+            row = run_epoch(epoch, state, train_model, data, config, runtime, show, logs)
+            improved = state.record_epoch(row, config.patience)
+            if improved and main_process:
+                weights = state.ema.module if state.best_weights == "ema" else model
+                extra = {"best_epoch": epoch + 1, "shipped_weights": state.best_weights}
+                save_model_folder(weights, run / "model", {**extra, "training": resolved})
+            if state.plateau is not None:
+                state.plateau.step(monitor_value(row))  # the lr follows the weights it updates
+            if main_process:
+                save_progress(run, state, config)
+                if uploader is not None:
+                    uploader(run, epoch + 1)
+            logs.log_scalars(state.step, {f"epoch/{name}": value for name, value in row.items()})
+            epoch_bar.set_postfix(val=f"{row['monitor']:.4f}", best=f"{state.best:.4f}")
+            if state.stopped_early:
+                break
+        epoch_bar.close()
 
-    # The shipped model is the best epoch's; its thresholds are chosen on validation here.
-    if main_process:
-        ship_best_model(run, state, data, config, runtime, resolved, show)
-        if uploader is not None:
-            uploader(run, state.epoch, final=True)
+        # The shipped model is the best epoch's better weights (raw or averaged); its
+        # temperatures and thresholds are chosen on validation, with those weights, here.
+        if main_process:
+            ship_best_model(run, state, data, config, runtime, resolved, show)
+            if uploader is not None:
+                uploader(run, state.epoch, final=True)
+            for path in run_files_to_log(run):
+                logs.log_file(path)
     distributed.barrier()
     distributed.cleanup(runtime.dist)
     return run

@@ -82,6 +82,40 @@ RECIPES: dict[str, dict[str, Any]] = {
         "epochs": 50,
         "patience": 10,
     },
+    # Aimed at the record on the official split (mean AUC over the 14 findings on the official
+    # test list). The CNN records are DenseNet-121s from ImageNet: Hermoza et al. 2020 0.821,
+    # Kim et al. 2021 (XProtoNet) 0.822, Goel et al. 2024 0.8235; Xiao et al. 2023 reach 0.830
+    # with a ViT pretrained by MAE on chest X-rays (a timm/ model, not this recipe). They train
+    # at 384-512 px rather than CheXNet's 224, where a small nodule is a few pixels: 448 here,
+    # the middle of that range. AdamW with linear warm-up then cosine decay.
+    # Our choices where the papers differ or are silent:
+    # - weight EMA 0.9998 per step (timm's default): a horizon of ~5000 steps, about two epochs
+    #   of the ~77k training images at the effective batch of 32; averaged every 32 steps (the
+    #   torchvision references' default), which keeps the horizon and makes its cost nil;
+    # - horizontal flips on: the labels say nothing of left or right (a flip changes no
+    #   finding), CheXNet trained with them, and the hflip test-time augmentation (`--tta`, an
+    #   evaluation switch) then averages two views the network has both seen;
+    # - early stopping on validation macro AUC, 5 epochs without a better one (fine-tuned
+    #   DenseNets on this split peak within ~10 epochs, then overfit).
+    "nih-sota": {
+        "model": "densenet121",
+        "pretrained": "imagenet",
+        "head": "dual",
+        "image_size": 448,
+        "batch_size": 16,
+        "accum_steps": 2,
+        "optimizer": "adamw",
+        "schedule": "cosine",
+        "lr": 2e-4,
+        "weight_decay": 1e-4,
+        "warmup_epochs": 1.0,
+        "ema_decay": 0.9998,
+        "ema_every": 32,
+        "hflip": True,
+        "amp": "auto",
+        "epochs": 25,
+        "patience": 5,
+    },
 }
 RECIPES["tang2020-scratch"] = {**RECIPES["tang2020"], "pretrained": None, "lr": 1e-2}
 
