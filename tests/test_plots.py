@@ -278,6 +278,23 @@ def test_training_curves_mark_the_best_epoch_and_the_frozen_phase(
     check_footer(figure, split_words="validation split")
 
 
+def test_training_curves_mark_the_shipped_ema_epoch(history: pd.DataFrame) -> None:
+    """With EMA the monitored value is the better of raw and EMA: the star sits on the EMA curve
+    at the epoch early stopping kept, not at the raw macro AUC's best."""
+    ema = history["macro_auc"].to_numpy() - 0.05
+    ema[2] = 0.95  # epoch 3: the averaged weights beat every raw epoch
+    with_ema = history.assign(
+        ema_macro_auc=ema,
+        monitor=np.maximum(history["macro_auc"], ema),
+        monitor_weights=np.where(ema > history["macro_auc"], "ema", "raw"),
+    )
+    assert plots.best_epoch(with_ema) == (3, "ema_macro_auc")
+    legend = [
+        t.get_text() for t in plots.training_curves(with_ema).axes[1].get_legend().get_texts()
+    ]
+    assert "best epoch 3 (macro, EMA AUC 0.950)" in legend and "macro AUC (EMA)" in legend
+
+
 def test_training_curves_on_a_binary_dataset(history: pd.DataFrame) -> None:
     binary = history.drop(columns=[c for c in history if c.startswith("auc_")]).assign(
         macro_auc=np.nan, phase="full"

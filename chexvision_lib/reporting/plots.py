@@ -565,14 +565,20 @@ def confusion_matrices(
 
 def best_epoch(history: pd.DataFrame) -> tuple[int, str] | None:
     """(epoch, column) that training's early stopping keeps: macro AUC, binary AUC where the
-    macro is NaN (binary datasets). None if neither was ever measured."""
+    macro is NaN (binary datasets); with weight EMA, the better of the raw and the averaged
+    weights' (history's `monitor`, `monitor_weights`), so the column may be `ema_macro_auc`.
+    None if nothing was ever measured."""
     macro = history.get("macro_auc", pd.Series(np.nan, index=history.index)).astype(float)
     binary = history.get("binary_auc", pd.Series(np.nan, index=history.index)).astype(float)
     monitored = macro.where(macro.notna(), binary)
+    if "monitor" in history:
+        monitored = history["monitor"].astype(float)
     if monitored.isna().all():
         return None
     row = monitored.idxmax()
     column = "macro_auc" if not math.isnan(macro[row]) else "binary_auc"
+    if "monitor_weights" in history and history.loc[row, "monitor_weights"] == "ema":
+        column = f"ema_{column}"
     return int(history.loc[row, "epoch"]), column
 
 
@@ -630,11 +636,18 @@ def training_curves(history: pd.DataFrame, path: str | Path | None = None) -> Fi
     _plot_if_measured(
         auc_ax, history, "binary_auc", color="#9467bd", lw=2, label="binary AUC (abnormal)"
     )
+    # With weight EMA: the averaged weights' AUC, dashed, in the colour of the raw one.
+    _plot_if_measured(
+        auc_ax, history, "ema_macro_auc", color="#2ca02c", ls="--", label="macro AUC (EMA)"
+    )
+    _plot_if_measured(
+        auc_ax, history, "ema_binary_auc", color="#9467bd", ls="--", label="binary AUC (EMA)"
+    )
     best = best_epoch(history)
     if best is not None:
         epoch, column = best
         value = float(history.loc[history["epoch"] == epoch, column].iloc[0])
-        what = "macro" if column == "macro_auc" else "binary"
+        what = ("macro" if "macro" in column else "binary") + (", EMA" if "ema_" in column else "")
         auc_ax.plot(
             epoch,
             value,
