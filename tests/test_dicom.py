@@ -251,6 +251,32 @@ def test_header_fields_without_pixels(tmp_path: Path):
         dicom.read_header(tmp_path / "x.dcm")
 
 
+def test_a_header_cut_short_is_truncated_not_an_image_without_patient(tmp_path: Path):
+    """pydicom returns the elements before a cut without a word: a file cut before Rows must not
+    pass as an image with no PatientID and no ViewPosition (it would become its own patient and
+    a FRONTAL view; found on a copy of the RSNA layout with a partly copied file)."""
+    whole = write_dicom(
+        tmp_path / "whole.dcm", synthetic_radiograph(), patient_id="P-1", sex="M", view="PA"
+    )
+    data = whole.read_bytes()
+    rows_at = data.index(b"\x28\x00\x10\x00")  # (0028,0010) Rows, little endian
+    cuts = {"before_rows.dcm": rows_at, "in_patient.dcm": data.index(b"P-1") + 1}
+    for name, length in cuts.items():
+        (tmp_path / name).write_bytes(data[:length])
+        with pytest.raises(dicom.DicomError, match=f"{name}: truncated") as caught:
+            dicom.read_header(tmp_path / name)
+        assert caught.value.kind == "truncated"
+    header = dicom.read_header(whole)
+    assert (header.patient_id, header.view, header.rows, header.columns) == ("P-1", "PA", 64, 64)
+    paths = [str(whole), str(tmp_path / "before_rows.dcm")]
+    table = pd.DataFrame({"image_id": ["whole", "cut"], "path": paths})
+    with pytest.raises(dicom.DicomError, match="before_rows.dcm: truncated"):
+        dicom.header_columns(table, skip_bad=False)
+    kept, unreadable, no_patient = dicom.header_columns(table, skip_bad=True)
+    assert kept["image_id"].tolist() == ["whole"] and kept["patient"].tolist() == ["P-1"]
+    assert (unreadable, no_patient) == (1, 0)
+
+
 def test_a_cache_of_dicoms_with_skip_bad_counts_the_bad_one(tmp_path: Path):
     paths = [
         write_dicom(

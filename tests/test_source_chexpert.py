@@ -173,6 +173,24 @@ def test_root_at_any_level_and_every_layout(tmp_path, layout):
         assert source["files"]["train_csv"] == str((folder / "train.csv").resolve())
 
 
+@pytest.mark.parametrize("where", ["above the dataset folder", "in a sibling folder"])
+def test_csvs_moved_away_from_the_images_still_find_them(tmp_path, where):
+    """image_paths' fallbacks: Path relative to the CSV's own folder (CSVs moved up beside
+    CheXpert-v1.0-small/) or to the folder above it (CSVs in labels/ beside the images)."""
+    expected, _ = chexpert.build_index(write_chexpert(tmp_path / "reference", seed=1))
+    root = write_chexpert(tmp_path / "moved", seed=1)
+    target = root if where == "above the dataset folder" else root / "labels"
+    target.mkdir(exist_ok=True)
+    for name in ("train.csv", "valid.csv"):
+        (root / "CheXpert-v1.0-small" / name).rename(target / name)
+    table, source = chexpert.build_index(root)
+    assert source["files"]["train_csv"] == str((target / "train.csv").resolve())
+    assert table["image_id"].tolist() == expected["image_id"].tolist()
+    relative = [Path(p).relative_to(root) for p in table["path"]]
+    assert relative == [Path(p).relative_to(tmp_path / "reference") for p in expected["path"]]
+    assert all(Path(p).is_file() for p in table["path"])
+
+
 def test_is_marker(root, tmp_path):
     folder = root / "CheXpert-v1.0-small"
     assert chexpert.is_marker(folder / "train.csv")

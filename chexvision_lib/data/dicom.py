@@ -28,14 +28,18 @@ values and `image_io` maps those to uint8 exactly as it maps 16-bit PNGs. The ru
    become ITU-R 601 luma first, as PIL does for PNGs, then the same stretch.
 
 `read_header` reads the fields an index needs (patient, sex, age, view, size) with
-stop_before_pixels, for readers whose CSVs lack them. Errors are `DicomError` (a ValueError with
-a `kind`); `image_io` re-raises them as its ImageDecodeError, which `--skip-bad` counts.
+stop_before_pixels, for readers whose CSVs lack them; a header without Rows/Columns is refused
+("truncated" when the file ends there: pydicom returns the elements before the cut silently, and
+an absent PatientID or ViewPosition would be taken for a real one). Errors are `DicomError` (a
+ValueError with a `kind`); `image_io` re-raises them as its ImageDecodeError, which `--skip-bad`
+counts.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import warnings
 from collections.abc import Callable
@@ -413,6 +417,9 @@ def read_header(path: str | Path) -> DicomHeader:
                 dataset = pydicom.dcmread(
                     handle, force=not _has_magic(data), stop_before_pixels=True
                 )
+            # pydicom stops at Pixel Data; reaching the end instead means the file was cut short
+            # (it then returns whatever elements it got, without a word).
+            ended = handle.tell() >= os.fstat(handle.fileno()).st_size
     except FileNotFoundError:
         raise DicomError(f"{label}: file not found", kind="missing") from None
     except DicomError:
@@ -423,6 +430,17 @@ def read_header(path: str | Path) -> DicomHeader:
         raise DicomError(
             f"{label}: not a DICOM file (no 'DICM' marker, no image elements)", kind="not an image"
         )
+    if "Rows" not in dataset or "Columns" not in dataset:
+        # Elements are stored in tag order, so with Rows (0028,0010) read, the patient and view
+        # elements before it were read whole; without it they may be cut off and must not be
+        # taken as "absent" (an empty PatientID would make the image its own patient).
+        if ended:
+            raise DicomError(
+                f"{label}: truncated: the file ends inside its header, before Rows/Columns and "
+                "the pixel data",
+                kind="truncated",
+            )
+        raise DicomError(f"{label}: the DICOM header has no Rows/Columns (not an image)", "corrupt")
     sex = str(dataset.get("PatientSex", "") or "").strip().upper()
     return DicomHeader(
         patient_id=str(dataset.get("PatientID", "") or "").strip(),
