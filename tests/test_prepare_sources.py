@@ -15,7 +15,13 @@ from chexvision_lib.cli.main import main
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, UNKNOWN
 from chexvision_lib.data.cache import open_cache
 from chexvision_lib.data.label_space import provided_findings
-from chexvision_lib.data.prepare import SOURCE_KINDS, check_options, detect_kind, prepare
+from chexvision_lib.data.prepare import (
+    SOURCE_KINDS,
+    check_options,
+    detect_kind,
+    prepare,
+)
+from chexvision_lib.data.sources import indiana
 from chexvision_lib.data.splits import check_patient_disjoint
 
 WRITERS = {
@@ -158,3 +164,16 @@ def test_cli_option_that_does_not_apply_is_one_line(roots, tmp_path, capsys):
     error = capsys.readouterr().err
     assert "indiana: unknown option 'uncertainty' (its options: none)" in error
     assert "Traceback" not in error and not (tmp_path / "c").exists()
+
+
+def test_cli_report_leaves_out_images_that_failed_to_decode(tmp_path, capsys):
+    root = write_indiana(tmp_path / "indiana", seed=0)
+    index, _ = indiana.build_index(root)
+    Path(index["path"].iloc[0]).unlink()
+    Path(index["path"].iloc[0]).write_bytes(b"not a png")  # named, present, undecodable
+    out = tmp_path / "cache"
+    argv = ["prepare", str(root), "--out", str(out), "--size", "32", "--workers", "1"]
+    assert main([*argv, "--skip-bad"]) in (0, None)
+    printed = capsys.readouterr().out
+    assert f"({len(index):,} images at 32px, 1 of them failed to decode)" in printed
+    assert f"kind indiana: {len(index) - 1:,} images" in printed

@@ -45,7 +45,8 @@ def run_prepare(args: argparse.Namespace) -> None:
         ignore_disk_budget=args.ignore_disk_budget,
     )
     info = json.loads((folder / "cache.json").read_text())
-    print(f"cache ready: {folder} ({info['n']} images at {args.size}px)")
+    failed = f", {info['n_failed']:,} of them failed to decode" if info.get("n_failed") else ""
+    print(f"cache ready: {folder} ({info['n']:,} images at {args.size}px{failed})")
     for line in dataset_report(folder, info):
         print(line)
     for line in skipped_report(folder, info):
@@ -60,6 +61,9 @@ def dataset_report(folder: Path, info: dict) -> list[str]:
     from chexvision_lib.data.sources.common import dataset_summary
 
     table = pd.read_csv(folder / "index.csv", dtype={"patient": str, "image_id": str})
+    # Images that failed to decode (--skip-bad) stay in the index, marked; they train nothing.
+    if "ok" in table.columns:
+        table = table[table["ok"].astype(bool)]
     summary = dataset_summary(table)
     source = info.get("source", {})
     views = ", ".join(f"{view} {count:,}" for view, count in summary["views"].items()) or "-"

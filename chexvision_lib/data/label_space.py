@@ -108,9 +108,11 @@ _INDIANA_MAP: dict[str, str | None] = {
     "Edema": "Edema",
     "Pulmonary Emphysema": "Emphysema",
     "Emphysema": "Emphysema",
+    "Bullous Emphysema": "Emphysema",
     "Pulmonary Fibrosis": "Fibrosis",
     "Fibrosis": "Fibrosis",
     "Hernia, Hiatal": "Hernia",
+    "Hernia, Diaphragmatic": "Hernia",
 }
 
 # VinDr-CXR (Nguyen et al. 2022) image-level labels, columns of image_labels_{train,test}.csv.
@@ -200,8 +202,7 @@ def to_nih_findings(labels: pd.DataFrame, dataset: str) -> pd.DataFrame:
         value = labels[column].iloc[row]
         value = value.item() if hasattr(value, "item") else value  # 2, not np.int64(2)
         raise ValueError(
-            f"{dataset}: label {column!r} of image {row} is {value!r}; "
-            f"expected 0, 1 or {UNKNOWN}"
+            f"{dataset}: label {column!r} of image {row} is {value!r}; expected 0, 1 or {UNKNOWN}"
         )
     out = {}
     for finding in FINDINGS:

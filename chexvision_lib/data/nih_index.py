@@ -77,7 +77,7 @@ def _walk(root: Path) -> _Found:
     return found
 
 
-def _exactly_one(paths: list[Path], what: str, root: Path, hint: str) -> Path:
+def exactly_one(paths: list[Path], what: str, root: Path, hint: str) -> Path:
     if not paths:
         raise DatasetLayoutError(f"no {what} found anywhere below {root}; {hint}")
     if len(paths) > 1:
@@ -232,9 +232,9 @@ def build_nih_index(
         raise DatasetLayoutError(f"data root {root} does not exist or is not a folder")
     found = _walk(root)
     hint = "expected an NIH ChestX-ray14 copy (Kaggle: /kaggle/input/nih-chest-xrays/data)"
-    csv_path = _exactly_one(found.data_entry, "Data_Entry_2017*.csv", root, hint)
-    train_val_path = _exactly_one(found.train_val, "train_val_list.txt", root, hint)
-    test_path = _exactly_one(found.test, "test_list.txt", root, hint)
+    csv_path = exactly_one(found.data_entry, "Data_Entry_2017*.csv", root, hint)
+    train_val_path = exactly_one(found.train_val, "train_val_list.txt", root, hint)
+    test_path = exactly_one(found.test, "test_list.txt", root, hint)
     if images is None:
         if found.duplicate_images:
             raise DatasetLayoutError(

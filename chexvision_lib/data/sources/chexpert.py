@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 
 from chexvision_lib.data.label_space import CHEXPERT_OBSERVATIONS
-from chexvision_lib.data.nih_index import DatasetLayoutError
 from chexvision_lib.data.sources.chexpert_labels import UNCERTAINTY_POLICIES, chexpert_targets
 from chexvision_lib.data.sources.common import (
     attach_paths,
+    dataset_root,
     exactly_one,
     find_files,
     finish_index,
@@ -167,9 +167,7 @@ def build_index(
     ignore (default) | ones | zeros. `views` default: frontal only; the others are counted in
     `skipped`. Missing images are an error, or with `skip_bad` dropped and counted."""
     chosen = resolve_options(KIND, OPTIONS, options)
-    root = Path(root).absolute()
-    if not root.is_dir():
-        raise DatasetLayoutError(f"data root {root} does not exist or is not a folder")
+    root = dataset_root(root)
     train_csv, valid_csv = _find_csvs(root)
     table = pd.concat(
         [

@@ -23,7 +23,12 @@ import pandas as pd
 from chexvision_lib.core.hashing import file_sha256
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, UNKNOWN
 from chexvision_lib.data.label_space import provided_findings
-from chexvision_lib.data.nih_index import INDEX_COLUMNS, DatasetLayoutError, split_counts
+from chexvision_lib.data.nih_index import (  # noqa: F401  exactly_one: for the readers
+    INDEX_COLUMNS,
+    DatasetLayoutError,
+    exactly_one,
+    split_counts,
+)
 from chexvision_lib.data.provenance import holds_synthetic_marker
 from chexvision_lib.data.splits import carve_validation, check_patient_disjoint, grouped_split
 
@@ -63,13 +68,12 @@ def find_files(root: Path, patterns: dict[str, re.Pattern[str]]) -> dict[str, li
     return found
 
 
-def exactly_one(paths: list[Path], what: str, root: Path, hint: str) -> Path:
-    if not paths:
-        raise DatasetLayoutError(f"no {what} found anywhere below {root}; {hint}")
-    if len(paths) > 1:
-        listed = ", ".join(str(p) for p in sorted(paths))
-        raise DatasetLayoutError(f"several {what} files below {root} ({listed}); {hint}")
-    return paths[0]
+def dataset_root(root: str | Path) -> Path:
+    """The root as an absolute path (recorded: later steps may run elsewhere), or an error."""
+    root = Path(root).absolute()
+    if not root.is_dir():
+        raise DatasetLayoutError(f"data root {root} does not exist or is not a folder")
+    return root
 
 
 def check_columns(frame: pd.DataFrame, required: Iterable[str], path: Path) -> None:

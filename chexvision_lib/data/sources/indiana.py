@@ -32,8 +32,13 @@ import pandas as pd
 
 from chexvision_lib.core.labels import ABNORMAL
 from chexvision_lib.data.label_space import label_map, to_nih_findings
-from chexvision_lib.data.nih_index import DatasetLayoutError
-from chexvision_lib.data.sources.common import attach_paths, exactly_one, find_files, finish_index
+from chexvision_lib.data.sources.common import (
+    attach_paths,
+    dataset_root,
+    exactly_one,
+    find_files,
+    finish_index,
+)
 from chexvision_lib.data.sources.reader_parts import (
     check_unique,
     csv_row,
@@ -145,9 +150,7 @@ def build_index(
     Missing images are an error, or with `skip_bad` dropped and counted."""
     if options:
         raise ValueError(f"{KIND}: unknown option(s) {sorted(options)} (it takes none)")
-    root = Path(root).absolute()
-    if not root.is_dir():
-        raise DatasetLayoutError(f"data root {root} does not exist or is not a folder")
+    root = dataset_root(root)
     found = find_files(root, PATTERNS)
     reports_csv = exactly_one(found["reports"], "indiana_reports.csv", root, _HINT)
     projections_csv = exactly_one(found["projections"], "indiana_projections.csv", root, _HINT)

@@ -35,6 +35,7 @@ from chexvision_lib.data.nih_index import DatasetLayoutError
 from chexvision_lib.data.sources.chexpert_labels import UNCERTAINTY_POLICIES, chexpert_targets
 from chexvision_lib.data.sources.common import (
     attach_paths,
+    dataset_root,
     exactly_one,
     find_files,
     finish_index,
@@ -168,9 +169,7 @@ def build_index(
     Missing images (or images absent from the split file) are an error, or with `skip_bad`
     dropped and counted."""
     chosen = resolve_options(KIND, OPTIONS, options)
-    root = Path(root).absolute()
-    if not root.is_dir():
-        raise DatasetLayoutError(f"data root {root} does not exist or is not a folder")
+    root = dataset_root(root)
     found = find_files(root, PATTERNS)
     metadata_csv = exactly_one(found["metadata"], "MIMIC-CXR-JPG metadata file", root, _HINT)
     split_csv = exactly_one(found["split"], "MIMIC-CXR-JPG split file", root, _HINT)

@@ -34,8 +34,13 @@ import pandas as pd
 
 from chexvision_lib.core.labels import ABNORMAL, UNKNOWN
 from chexvision_lib.data.label_space import label_map, to_nih_findings
-from chexvision_lib.data.nih_index import DatasetLayoutError
-from chexvision_lib.data.sources.common import attach_paths, exactly_one, find_files, finish_index
+from chexvision_lib.data.sources.common import (
+    attach_paths,
+    dataset_root,
+    exactly_one,
+    find_files,
+    finish_index,
+)
 from chexvision_lib.data.sources.reader_parts import (
     check_unique,
     csv_row,
@@ -180,9 +185,7 @@ def build_index(
     Unparseable Labels and missing images are errors, or with `skip_bad` skipped and counted."""
     if options:
         raise ValueError(f"{KIND}: unknown option(s) {sorted(options)} (it takes none)")
-    root = Path(root).absolute()
-    if not root.is_dir():
-        raise DatasetLayoutError(f"data root {root} does not exist or is not a folder")
+    root = dataset_root(root)
     found = find_files(root, {"csv": CSV_PATTERN, "images": IMAGE_PATTERN})
     csv_path = exactly_one(found["csv"], "PadChest label CSV", root, _HINT)
     table, skipped = read_padchest_csv(csv_path, skip_bad)

@@ -48,6 +48,7 @@ from chexvision_lib.data.nih_index import DatasetLayoutError
 from chexvision_lib.data.sources.common import (
     attach_paths,
     check_columns,
+    dataset_root,
     exactly_one,
     filter_views,
     find_files,
@@ -237,9 +238,7 @@ def build_index(
 ) -> tuple[pd.DataFrame, dict]:
     """Index an RSNA copy below `root` (see the module docstring)."""
     chosen = resolve_options(KIND, OPTIONS, options)
-    root = Path(root).absolute()
-    if not root.is_dir():
-        raise DatasetLayoutError(f"data root {root} does not exist or is not a folder")
+    root = dataset_root(root)
     labels_csv, class_csv, images = _locate(root)
     table = read_images(labels_csv, class_csv)
     skipped: dict[str, int] = {}

@@ -52,6 +52,7 @@ from chexvision_lib.data.nih_index import DatasetLayoutError
 from chexvision_lib.data.sources.common import (
     attach_paths,
     check_columns,
+    dataset_root,
     exactly_one,
     filter_views,
     find_files,
@@ -316,9 +317,7 @@ def build_index(
 ) -> tuple[pd.DataFrame, dict]:
     """Index a VinDr-CXR copy below `root` (see the module docstring)."""
     chosen = resolve_options(KIND, OPTIONS, options)
-    root = Path(root).absolute()
-    if not root.is_dir():
-        raise DatasetLayoutError(f"data root {root} does not exist or is not a folder")
+    root = dataset_root(root)
     layout, files, images = _locate(root)
     table, blank = _labelled_images(layout, files, str(chosen["labels"]))
     keys = zip(table["folder"], table["image_id"], strict=True)
