@@ -18,6 +18,7 @@ from chexvision_lib.core.config import from_dict, read_json_object, to_dict
 from chexvision_lib.core.disclaimer import DISCLAIMER
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS
 from chexvision_lib.core.predictions import read_predictions
+from chexvision_lib.data.label_space import provided_findings
 from chexvision_lib.data.prepare import KINDS
 from chexvision_lib.data.synthetic import write_synthetic_nih
 from chexvision_lib.reporting.cross_dataset_plots import MACRO, cross_dataset_heatmap
@@ -277,11 +278,25 @@ def test_config_errors_are_clear(tmp_path: Path):
 
 
 def test_shared_outputs_and_overlap_caveat():
-    outputs, never_learnt = shared_outputs("binary", "nih", "findings")
+    outputs, never_learnt = shared_outputs(
+        provided_findings("binary"), provided_findings("nih"), "findings"
+    )
     assert outputs == [ABNORMAL] and never_learnt == list(FINDINGS)
-    outputs, never_learnt = shared_outputs("nih", "rsna", "findings")
+    outputs, never_learnt = shared_outputs(
+        provided_findings("nih"), provided_findings("rsna"), "findings"
+    )
     assert outputs == ["Pneumonia", ABNORMAL] and never_learnt == []
-    assert shared_outputs("nih", "nih", "binary") == ([ABNORMAL], [])
+    assert shared_outputs(list(FINDINGS), list(FINDINGS), "binary") == ([ABNORMAL], [])
+    # A copy that labels fewer findings than its dataset's map (VinDr's Kaggle train.csv): the
+    # recorded list, not the map, decides what is scored.
+    kaggle_vindr = PreparedDataset(
+        DatasetEntry("vindr", "/data/vindr", "vindr"),
+        Path("vindr"),
+        {"kind": "vindr", "provided_findings": ["Cardiomegaly", "Effusion"]},
+    )
+    assert kaggle_vindr.provided == ["Cardiomegaly", "Effusion"]
+    outputs, _ = shared_outputs(provided_findings("nih"), kaggle_vindr.provided, "findings")
+    assert outputs == ["Cardiomegaly", "Effusion", ABNORMAL]
 
     def dataset(name: str, kind: str) -> PreparedDataset:
         return PreparedDataset(

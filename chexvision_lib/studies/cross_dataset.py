@@ -261,6 +261,13 @@ class PreparedDataset:
         kind = str(self.source.get("kind", self.entry.kind))
         return LABEL_KINDS.get(kind, kind)
 
+    @property
+    def provided(self) -> list[str]:
+        """The findings this copy labels: the reader's record (a layout may label fewer than its
+        dataset's map: VinDr's Kaggle copy), else the label map's (NIH, binary sets)."""
+        recorded = self.source.get("provided_findings")
+        return list(recorded) if recorded is not None else provided_findings(self.kind)
+
 
 def cache_folder(config: CrossDatasetConfig, name: str) -> Path:
     return Path(config.out) / "caches" / f"{name}_{config.size}px"
@@ -323,12 +330,12 @@ class MatrixCell:
     never_learnt: tuple[str, ...]  # findings the test data labels but the training data does not
 
 
-def shared_outputs(train_kind: str, test_kind: str, task: str) -> tuple[list[str], list[str]]:
-    """(outputs a cell scores, findings left out because the training data never labelled them).
-    A binary-task model predicts Abnormal only."""
+def shared_outputs(trained: list[str], tested: list[str], task: str) -> tuple[list[str], list[str]]:
+    """(outputs a cell scores, findings left out because the training data never labelled them),
+    from the findings the training and the test data label. A binary-task model predicts
+    Abnormal only."""
     if task == "binary":
         return [ABNORMAL], []
-    trained, tested = provided_findings(train_kind), provided_findings(test_kind)
     shared = [finding for finding in FINDINGS if finding in trained and finding in tested]
     return [*shared, ABNORMAL], [finding for finding in tested if finding not in trained]
 
@@ -351,7 +358,9 @@ def score_matrix(
             # A model's own test split was scored when it was trained (run_fold): the diagonal.
             own = train == test
             folder = run / "test" if own else evaluate_once(run, "test", data.cache, **scoring)
-            outputs, never_learnt = shared_outputs(prepared[train].kind, data.kind, config.task)
+            outputs, never_learnt = shared_outputs(
+                prepared[train].provided, data.provided, config.task
+            )
             cells.append(MatrixCell(train, test, folder, tuple(outputs), tuple(never_learnt)))
             if show_progress:
                 print(f"scored: trained on {train}, tested on {test} ({folder})")
@@ -447,7 +456,7 @@ def run_fine_tune(
     }
     write_json_atomic(folder / "fine_tune.json", result)
     (folder / "summary.md").write_text(external_markdown(result))
-    outputs, _ = shared_outputs(prepared[pair.source].kind, target.kind, config.task)
+    outputs, _ = shared_outputs(prepared[pair.source].provided, target.provided, config.task)
     return result, fine_tune_rows(pair, folder, outputs)
 
 
@@ -530,7 +539,7 @@ def datasets_markdown(prepared: dict[str, PreparedDataset], matrix: pd.DataFrame
                 "test images": "–" if test is None else int(test["n_images"]),
                 "test patients": "–" if test is None else int(test["n_patients"]),
                 "Abnormal positives": "–" if test is None else int(test["n_positive"]),
-                "findings labelled": len(provided_findings(data.kind)),
+                "findings labelled": len(data.provided),
             }
         )
     return frame_markdown(pd.DataFrame(rows))
@@ -543,7 +552,7 @@ def never_learnt_notes(prepared: dict[str, PreparedDataset], cells: list[MatrixC
     for cell in cells:
         if not cell.never_learnt or cell.train == cell.test:
             continue
-        if not provided_findings(prepared[cell.train].kind):
+        if not prepared[cell.train].provided:
             left_out = f"every finding {cell.test} labels ({cell.train} labels none)"
         else:
             left_out = (
@@ -733,7 +742,7 @@ def study_record(
                 "cache": str(data.cache),
                 "source_sha256": data.source.get("sha256"),
                 "synthetic": data.source.get("synthetic"),
-                "provided_findings": provided_findings(data.kind),
+                "provided_findings": data.provided,
                 "model": str(runs[name]) if name in runs else None,
             }
             for name, data in prepared.items()

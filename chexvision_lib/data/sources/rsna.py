@@ -9,8 +9,10 @@ Published files (stage 2; stage 1's `stage_1_*` names are accepted when stage 2'
 The CSVs' `patientId` names an image (it is our image_id). Patient, sex, age and view come from
 each DICOM's header; patient = the header's PatientID (in the release it is the image's own
 patientId, so in practice every image is its own patient; an image whose header has none is
-its own patient too, and the source counts them). The test images have no labels: whole patients
-are dealt into train / val / test with a seed (data/sources/common.finish_index).
+its own patient too, and the source counts them). So the split is image-wise in effect: the
+release does not say which images share an NIH patient, and one person's images may sit in two
+splits (said in the source's `split_policy` and the README). The test images have no labels:
+whole PatientIDs are dealt into train / val / test with a seed (common.finish_index).
 
 Targets (option `target`, after Tang et al. 2020):
 - "abnormal" (default): all three classes kept; Abnormal = class != "Normal".
@@ -270,6 +272,11 @@ def build_index(
         options=chosen,
     )
     source["patient_from"] = "DICOM PatientID; the image's patientId where the header has none"
+    if table["patient"].nunique() == len(table):  # the release: one PatientID per image
+        source["split_policy"] += (
+            "; every PatientID has one image, so the split is image-wise in effect (RSNA does "
+            "not say which images share an NIH patient)"
+        )
     source["images_without_patient_id"] = no_patient
     source["boxes_files"] = [source["files"]["labels_csv"]]
     return table, source
