@@ -3,6 +3,7 @@ cache, and the counts it reports equal to those computed from the dataset's own 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ from dicom_fixtures import write_rsna, write_vindr
 from chexvision_lib.cli import data as cli_data
 from chexvision_lib.cli.main import main
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, UNKNOWN
-from chexvision_lib.data.cache import open_cache
+from chexvision_lib.data.cache import cache_fingerprint, open_cache
 from chexvision_lib.data.label_space import provided_findings
 from chexvision_lib.data.prepare import (
     SOURCE_KINDS,
@@ -23,6 +24,7 @@ from chexvision_lib.data.prepare import (
 )
 from chexvision_lib.data.sources import indiana
 from chexvision_lib.data.splits import check_patient_disjoint
+from chexvision_lib.evaluation.evaluate import same_data
 
 WRITERS = {
     "chexpert": write_chexpert,
@@ -177,3 +179,26 @@ def test_cli_report_leaves_out_images_that_failed_to_decode(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"({len(index):,} images at 32px, 1 of them failed to decode)" in printed
     assert f"kind indiana: {len(index) - 1:,} images" in printed
+
+
+def test_a_cache_of_the_same_files_with_other_labels_is_not_the_same_data(roots, tmp_path):
+    """Same source files (same hashes), another reader option: another index. prepare refuses to
+    reuse the folder, and evaluation treats the other cache as external data, never as the run's
+    own split."""
+    chexpert = roots["chexpert"]
+    options = {"size": 32, "workers": 1, "progress": False}
+    ignore = prepare(chexpert, tmp_path / "ignore", options={"uncertainty": "ignore"}, **options)
+    again = prepare(chexpert, tmp_path / "again", options={"uncertainty": "ignore"}, **options)
+    ones = prepare(chexpert, tmp_path / "ones", options={"uncertainty": "ones"}, **options)
+    with pytest.raises(ValueError, match="other labels, patients or splits"):
+        prepare(chexpert, ignore, options={"uncertainty": "ones"}, **options)
+    assert cache_fingerprint(ignore) == cache_fingerprint(again) != cache_fingerprint(ones)
+    info = json.loads((ignore / "cache.json").read_text())
+    run_config = {
+        "data_source": info["source"],
+        "cache": {"settings": info["settings"], "index_sha256": cache_fingerprint(ignore)},
+    }
+    assert same_data(run_config, again)
+    assert not same_data(run_config, ones)  # the same files' hashes, other labels
+    legacy = {**run_config, "cache": {"settings": info["settings"]}}  # runs from before
+    assert same_data(legacy, ones)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -48,6 +49,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from chexvision_lib.core.atomic_files import write_json_atomic
+from chexvision_lib.core.labels import OUTPUTS
 from chexvision_lib.core.machine import available_cores
 from chexvision_lib.data.image_io import ImageDecodeError, load_grey
 from chexvision_lib.data.splits import check_patient_disjoint
@@ -536,6 +538,25 @@ def _decode_all(
     return failures
 
 
+def index_fingerprint(table: pd.DataFrame) -> str:
+    """SHA-256 of what an index says about its images: ids, patients, splits and the 15 labels.
+    Two caches of the same files prepared with another seed, view filter or reader option
+    (an uncertainty policy, a label rule) differ here even where the source files' hashes agree."""
+    columns = [c for c in ("image_id", "patient", "split", *OUTPUTS) if c in table.columns]
+    text = table.loc[:, columns].astype(str).to_csv(index=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_fingerprint(folder: str | Path) -> str:
+    """The index fingerprint of a complete cache (cache.json's, or computed from index.csv for
+    caches written before it was recorded)."""
+    info = json.loads((Path(folder) / "cache.json").read_text())
+    if info.get("index_sha256"):
+        return str(info["index_sha256"])
+    table = pd.read_csv(Path(folder) / "index.csv", dtype={"patient": str, "image_id": str})
+    return index_fingerprint(table.drop(columns=["ok"], errors="ignore"))
+
+
 def _without_skip_bad(plan: dict) -> dict:
     """The plan as the decoded pixels depend on it: skipping bad files changes which images are
     kept, never the pixels of the others, so a rerun with --skip-bad reuses them."""
@@ -571,21 +592,28 @@ def prepare_cache(
     table = table.reset_index(drop=True)
     shape = (n, size, size)
     index_path, settings_path = out / "index.csv", out / "prepare.json"
+    fingerprint = index_fingerprint(table)
     plan = {
         "format": CACHE_FORMAT,
         "settings": asdict(settings),
         "n": n,
         "images": table["image_id"].tolist(),
+        "index_sha256": fingerprint,
     }
 
     if (out / "cache.json").exists():
         info = json.loads((out / "cache.json").read_text())
-        if info["settings"] == asdict(settings) and info["n"] == n:
-            return out
-        raise ValueError(
-            f"{out} already holds a cache with other settings ({info['settings']}); "
-            "choose another --out folder"
-        )
+        if info["settings"] != asdict(settings) or info["n"] != n:
+            raise ValueError(
+                f"{out} already holds a cache with other settings ({info['settings']}); "
+                "choose another --out folder"
+            )
+        if cache_fingerprint(out) != fingerprint:
+            raise ValueError(
+                f"{out} already holds a cache of these images with other labels, patients or "
+                "splits (another seed, --views or reader option?); choose another --out folder"
+            )
+        return out
     resuming = settings_path.exists()
     if resuming:
         previous = json.loads(settings_path.read_text())
@@ -614,6 +642,7 @@ def prepare_cache(
             "n": n,
             "n_failed": len(failures),
             "shape": list(shape),
+            "index_sha256": fingerprint,
             "source": source or {},
         },
     )

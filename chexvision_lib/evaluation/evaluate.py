@@ -26,6 +26,7 @@ from chexvision_lib.core.hashing import file_sha256
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, OUTPUTS
 from chexvision_lib.core.predictions import label_column, predictions_frame, prob_column
 from chexvision_lib.data.batches import BatchLoader, CachedSplit
+from chexvision_lib.data.cache import cache_fingerprint
 from chexvision_lib.evaluation.calibration import apply_temperature, calibration_summary
 from chexvision_lib.evaluation.metrics import (
     age_band,
@@ -222,13 +223,17 @@ def run_cache(run: Path, config: dict) -> Path:
 
 def same_data(config: dict, cache: str | Path) -> bool:
     """Whether `cache` holds the run's own data: the same source files (by SHA-256) decoded with
-    the same settings. Then its splits are the run's splits, not an external dataset."""
+    the same settings into the same index (ids, patients, splits, labels: not another seed,
+    view filter or reader option of the same files). Then its splits are the run's splits, not
+    an external dataset. A source without file hashes (class folders) is never the same."""
     info = json.loads((Path(cache) / "cache.json").read_text())
     recorded = config.get("data_source", {}).get("sha256")
+    index = config["cache"].get("index_sha256")  # runs trained before it was recorded lack it
     return (
         recorded is not None
         and info.get("source", {}).get("sha256") == recorded
         and info.get("settings") == config["cache"].get("settings")
+        and (index is None or cache_fingerprint(cache) == index)
     )
 
 
@@ -282,6 +287,7 @@ def evaluate_run(
         data = CachedSplit(cache or run_cache(run, config), split, **folds)
     else:
         data = CachedSplit(cache, split)
+    evaluated_cache = cache if cache is not None else run_cache(run, config)
     loader = BatchLoader(data, batch_size, torch_device, shuffle=False)
     model_config = json.loads((run / "model" / "config.json").read_text())
     evaluated = data.info.get("source", {})
@@ -296,7 +302,10 @@ def evaluate_run(
         },
         # The evaluated data's identity (not the training data's): a card checks they are the
         # same.
-        "data_source": {key: evaluated.get(key) for key in ("kind", "synthetic", "sha256")},
+        "data_source": {
+            **{key: evaluated.get(key) for key in ("kind", "synthetic", "sha256")},
+            "index_sha256": cache_fingerprint(evaluated_cache),
+        },
     }
     # Another dataset (external validation) must not overwrite the run's own results.
     out = run / (split if own else f"external_{Path(cache).name}_{split}")

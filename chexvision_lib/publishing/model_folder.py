@@ -108,6 +108,13 @@ def check_same_data(metrics: dict, model_config: dict, where: str) -> None:
             "training data's (an external evaluation?); a card reports the training dataset's "
             "own split"
         )
+    index = model_config.get("training", {}).get("cache", {}).get("index_sha256")
+    if index and evaluated.get("index_sha256") and evaluated["index_sha256"] != index:
+        raise ProvenanceError(
+            f"{where}: metrics.json was computed on a cache of the same files with other labels "
+            "or splits than the training cache's (another seed, view filter or reader option); "
+            "a card reports the training data's own split"
+        )
 
 
 def check_metrics_match_predictions(metrics: dict, predictions: pd.DataFrame, where: str) -> None:

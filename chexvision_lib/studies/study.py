@@ -43,7 +43,7 @@ from chexvision_lib.core.disclaimer import DISCLAIMER
 from chexvision_lib.core.hashing import file_sha256
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, OUTPUTS
 from chexvision_lib.core.predictions import label_column, prob_column, read_predictions
-from chexvision_lib.data.cache import open_cache
+from chexvision_lib.data.cache import cache_fingerprint, open_cache
 from chexvision_lib.data.prepare import KINDS, check_options, prepare
 from chexvision_lib.data.synthetic import MARKER_NAME, write_synthetic_nih
 from chexvision_lib.evaluation.compare import compare_predictions
@@ -846,6 +846,9 @@ def evaluate_once(
             recorded.get("model", {}).get("weights_sha256")
             == file_sha256(run / "model" / WEIGHTS_FILE)
             and recorded.get("data_source", {}).get("sha256") == source.get("sha256")
+            # Same files, same index: not another reader option or seed of the same files, nor
+            # another class-folder set (which records no file hashes at all).
+            and recorded.get("data_source", {}).get("index_sha256") == cache_fingerprint(cache)
             and recorded.get("bootstrap", {}).get("n_resamples") == n_resamples
         ):
             return folder

@@ -35,6 +35,7 @@ from chexvision_lib.core.atomic_files import recover_folder, write_json_atomic
 from chexvision_lib.core.config import to_dict
 from chexvision_lib.core.labels import FINDINGS, NUM_FINDINGS
 from chexvision_lib.data.batches import Augment, BatchLoader, CachedSplit, augment, normalise
+from chexvision_lib.data.cache import cache_fingerprint
 from chexvision_lib.evaluation.calibration import apply_temperature, fit_temperatures
 from chexvision_lib.evaluation.metrics import choose_thresholds_for, per_class_auc, roc_auc
 from chexvision_lib.models.loading import load_model
@@ -297,6 +298,9 @@ def resolved_config(
             "relative_to_run": os.path.relpath(Path(config.cache).resolve(), run.resolve()),
             "size": data.train.size,
             "settings": data.train.info["settings"],
+            # What its index says (ids, patients, splits, labels): `evaluate --cache` counts
+            # another cache as this run's own data only when this matches too.
+            "index_sha256": cache_fingerprint(config.cache),
         },
         "preprocessing": spec,
     }
