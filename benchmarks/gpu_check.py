@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,21 +48,27 @@ class Check:
 
 def run_command(command: list[str], log: Path, timeout: float) -> tuple[int, str, float]:
     """Run `command` in the repository root; (exit code, stdout + stderr, seconds). A command that
-    runs past `timeout` is killed and reported as exit code 124, like `timeout(1)`."""
+    runs past `timeout` is killed with its whole process group (torchrun's workers and data
+    loader workers too, which would otherwise hold the GPU into the next check) and reported as
+    exit code 124, like `timeout(1)`."""
     started = time.perf_counter()
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # its own process group, so a timeout kills every descendant
+    )
     try:
-        done = subprocess.run(
-            command,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        code, output = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as expired:
+        output, _ = process.communicate(timeout=timeout)
+        code = process.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
         code = 124
-        output = f"{expired.stdout or ''}{expired.stderr or ''}\n(killed after {timeout:.0f} s)"
+        output = f"{output or ''}\n(killed after {timeout:.0f} s)"
     log.write_text(f"$ {' '.join(command)}\n{output}")
     return code, output, time.perf_counter() - started
 
@@ -87,7 +94,7 @@ def finish(check: Check, code: int, output: str, seconds: float, log: Path) -> C
     return check
 
 
-def cuda_tests(python: str, logs: Path, timeout: float) -> Check:
+def cuda_tests(python: str, logs: Path, timeout: float, cuda: bool) -> Check:
     log = logs / "cuda-tests.log"
     code, output, seconds = run_command(
         [python, "-m", "pytest", "-q", "-rs", "tests/test_cuda.py"], log, timeout
@@ -96,6 +103,9 @@ def cuda_tests(python: str, logs: Path, timeout: float) -> Check:
     summary = re.findall(r"(\d+ (?:passed|failed|skipped|error)s?)", output)
     if check.status == "passed":
         check.result = ", ".join(summary) or "no tests ran"
+        # On a GPU every test must run: all skipped means CUDA was not usable to them.
+        if cuda and not re.search(r"[1-9]\d* passed", output):
+            check.status = "failed"
     return check
 
 
@@ -218,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = args.out.parent / f"{args.out.stem}_logs"
     logs.mkdir(parents=True, exist_ok=True)
     runners = {
-        "cuda-tests": lambda: cuda_tests(python, logs, args.timeout),
+        "cuda-tests": lambda: cuda_tests(python, logs, args.timeout, cuda),
         "train": lambda: train_speed(python, logs, args.timeout, cuda, args.steps),
         "inference": lambda: inference_speed(python, logs, args.timeout, cuda),
         "ddp": lambda: ddp_step(python, logs, args.timeout, gpus),

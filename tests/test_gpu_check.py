@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,3 +58,15 @@ def test_a_failing_check_fails_the_script(tmp_path, monkeypatch):
         [sys.executable, "-c", "import time; time.sleep(5)"], log, 0.5
     )
     assert code == 124 and "killed after" in output
+    # A timeout kills the whole process group: a grandchild does not outlive it.
+    marker = tmp_path / "grandchild-alive"
+    grandchild = f"import time; time.sleep(2); open({str(marker)!r}, 'w').close()"
+    parent = tmp_path / "parent.py"
+    parent.write_text(
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {grandchild!r}])\n"
+        "time.sleep(30)\n"
+    )
+    code, _, _ = gpu_check.run_command([sys.executable, str(parent)], log, 1.0)
+    time.sleep(2.5)
+    assert code == 124 and not marker.exists()
