@@ -29,6 +29,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from chexvision_lib import __version__
 from chexvision_lib.core.disclaimer import DISCLAIMER
 from chexvision_lib.core.labels import ABNORMAL, FINDINGS, OUTPUTS
+from chexvision_lib.data.provenance import NIH_KINDS
 from chexvision_lib.evaluation.references import REFERENCES
 from chexvision_lib.publishing.checklist import (
     INTENDED_USE_HEADING,
@@ -139,7 +140,8 @@ class CardInputs:
         verification = self.verification
         if verification is None:  # a folder built before verification: only the old check
             return self.data.get("synthetic") is None
-        return not verification.get("verified") and self.data.get("kind") != "binary"
+        # Only an NIH-layout source claims to be NIH's release; another dataset claims nothing.
+        return not verification.get("verified") and self.data.get("kind") in NIH_KINDS
 
     def unverified_reasons(self) -> list[str]:
         reasons = (self.verification or {}).get("reasons") or []
@@ -409,8 +411,8 @@ def section_summary(inputs: CardInputs) -> str:
     ]
     if not _missing(metrics.get("macro_auc")):
         headline.append(
-            f"- macro ROC AUC over the 14 findings **{fmt_auc(metrics['macro_auc'])}** "
-            f"(95% CI {fmt_ci(metrics.get('macro_auc_ci95'))})"
+            f"- macro ROC AUC over {_macro_findings_words(metrics)} "
+            f"**{fmt_auc(metrics['macro_auc'])}** (95% CI {fmt_ci(metrics.get('macro_auc_ci95'))})"
         )
     abnormal = metrics["outputs"].get(ABNORMAL)
     if abnormal is not None:
@@ -533,6 +535,18 @@ def section_limitations(inputs: CardInputs) -> str:
     return f"{LIMITATIONS_HEADING}\n\n" + "\n".join(items)
 
 
+def _macro_findings_words(metrics: dict) -> str:
+    """'the 14 findings', or the ones the data labels (a macro over CheXpert's 7 is not NIH's)."""
+    scored = [
+        name
+        for name, entry in metrics.get("outputs", {}).items()
+        if name != ABNORMAL and not _missing(entry.get("auc"))
+    ]
+    if not scored or len(scored) == 14:
+        return "the 14 findings"
+    return f"the {len(scored)} findings this data labels ({', '.join(scored)})"
+
+
 def _split_files_table(data: dict[str, Any]) -> str:
     files = data.get("split_files", {})
     if not files:
@@ -558,6 +572,12 @@ def _verification_lines(inputs: CardInputs) -> list[str]:
         return ["- Provenance: the built-in synthetic set, not NIH's release."]
     if inputs.data.get("kind") == "binary":
         return ["- Provenance: an external dataset, identified by the hashes below (if any)."]
+    if inputs.data.get("kind") not in NIH_KINDS:
+        return [
+            f"- Provenance: read from {inputs.data.get('dataset_name')}'s published files by "
+            f"the `{inputs.data.get('kind')}` reader, identified by the hashes below; its "
+            "labels are mapped onto the NIH findings it shares (the others are unknown there)."
+        ]
     return [
         "- Provenance: **unverified data source** — " + "; ".join(inputs.unverified_reasons()) + "."
     ]
@@ -653,14 +673,20 @@ def section_training(inputs: CardInputs) -> str:
         if key not in CONFIG_KEYS_SHOWN_ELSEWHERE
     ]
     epochs_run = inputs.publication.get("epochs_run")
-    monitor = "validation macro AUC over the 14 findings (binary AUC where findings are unknown)"
+    monitor = "validation macro AUC over the findings the data labels (binary AUC where none)"
+    averaged = (
+        " — the weights' exponential moving average (EMA), which validated better than the raw "
+        "weights that epoch"
+        if config.get("shipped_weights") == "ema"
+        else ""
+    )
     return "\n".join(
         [
             "## Training",
             "",
             f"- Shipped weights: epoch **{config.get('best_epoch', 'n/a')}**"
             + (f" (of {epochs_run} trained)" if epochs_run else "")
-            + f", the best by {monitor}.",
+            + f", the best by {monitor}{averaged}.",
             "- Thresholds: chosen per output on validation with the shipped weights "
             f"({threshold_method_words(config)}).",
             "",
@@ -848,6 +874,11 @@ def section_comparison(inputs: CardInputs) -> str:
         ours_split += " — synthetic images, not comparable with any row below"
     elif inputs.unverified:
         ours_split += " — unverified data source, not comparable with any row below"
+    elif inputs.data.get("kind") not in ("nih", "hub_parquet"):
+        ours_split += (
+            f" — another dataset (macro over {_macro_findings_words(inputs.metrics)}), not "
+            "comparable with any row below"
+        )
     rows = [[f"**This model** (`{inputs.config['arch']}`)", fmt_auc(macro), ours_split]]
     rows += [[ref["name"], fmt_auc(ref["macro_auc"]), ref["split"]] for ref in REFERENCES]
     return "\n".join(

@@ -303,7 +303,20 @@ def _dataset_identity(source: dict, synthetic: bool | None, verified: bool) -> t
         return f"NIH ChestX-ray14 (Hub copy {source.get('hub_repo_id')})", source["hub_repo_id"]
     if kind == "binary":
         return f"External binary dataset '{Path(str(source.get('root'))).name}'", "external"
+    if kind in PUBLIC_DATASET_NAMES:
+        return PUBLIC_DATASET_NAMES[kind], kind
     return "Unknown data source", "unknown"
+
+
+# The public datasets of data/sources/, as a card names them (read from their published files).
+PUBLIC_DATASET_NAMES = {
+    "chexpert": "CheXpert (Stanford)",
+    "mimic": "MIMIC-CXR-JPG (PhysioNet)",
+    "padchest": "PadChest (BIMCV)",
+    "rsna": "RSNA Pneumonia Detection Challenge (NIH images)",
+    "indiana": "Indiana University chest X-rays (Open-i)",
+    "vindr": "VinDr-CXR",
+}
 
 
 def _official_test_words(source: dict) -> str:
@@ -345,6 +358,9 @@ def split_descriptions(
             f"{source.get('seed')}"
             for split in ("train", "val", "test")
         }
+    if source.get("split_policy"):  # the public datasets' readers say how they split
+        policy = source["split_policy"]
+        return {split: f"{split} split: {policy}" for split in ("train", "val", "test")}
     return {split: f"{split} split of an unrecorded source" for split in ("train", "val", "test")}
 
 

@@ -405,6 +405,12 @@ def ship_best_model(
     temperatures and choose their thresholds on validation, save model/.
 
     Runs in the main process alone, so it reads the whole validation split itself."""
+    if state.best_epoch < 1 or not (run / "model").is_dir():
+        raise ValueError(
+            f"{run}: no epoch gave a validation AUC to choose the shipped weights by: the "
+            f"validation split ({len(data.val_loader.data)} images) has one class only for every "
+            "output; give it more images (a larger --val-fraction, or more data)"
+        )
     best = load_model(run / "model", device=runtime.device)
     whole_val = BatchLoader(data.val, config.batch_size * 2, runtime.device, shuffle=False)
     probs, labels = predict_loader(
