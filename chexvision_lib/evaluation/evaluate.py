@@ -296,7 +296,7 @@ def evaluate_run(
         # weights hash matches the weights it ships.
         "model": {
             "arch": model.arch,
-            "run": str(run),
+            "run": str(run.resolve()),  # absolute: a card may be built from anywhere
             "best_epoch": model_config.get("best_epoch"),
             "weights_sha256": file_sha256(run / "model" / WEIGHTS_FILE),
         },

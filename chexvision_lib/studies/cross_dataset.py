@@ -199,6 +199,9 @@ class CrossDatasetConfig:
         self._check_pairs(pairs, entries)
         # The resolved config (defaults filled in) is what study folders record.
         object.__setattr__(self, "datasets", tuple(to_dict(entry) for entry in entries))
+        # Absolute: cross_dataset.json and the metrics record paths that must mean the same
+        # files whatever the working directory of a later step (a card, a report).
+        object.__setattr__(self, "out", str(Path(self.out).absolute()))
         object.__setattr__(self, "fine_tune", tuple(_fine_tune_dict(pair) for pair in pairs))
 
     @staticmethod
