@@ -11,6 +11,7 @@ from chexvision_lib.data.label_space import (
     combine_known,
     label_space_markdown,
     provided_findings,
+    targets,
     to_nih_findings,
 )
 
@@ -52,7 +53,7 @@ def test_provided_findings_follow_the_maps():
     assert {"Effusion", "Cardiomegaly", "Edema"} <= chexpert
     assert not {"Nodule", "Mass", "Hernia"} & chexpert
     for mapping in LABEL_MAPS.values():
-        assert {v for v in mapping.values() if v} <= set(FINDINGS)
+        assert {t for v in mapping.values() for t in targets(v)} <= set(FINDINGS)
 
 
 def test_markdown_table_has_a_row_per_finding():
@@ -60,3 +61,11 @@ def test_markdown_table_has_a_row_per_finding():
     assert len(table) == 2 + len(FINDINGS)
     effusion = next(line for line in table if line.startswith("| Effusion |"))
     assert "Pleural Effusion" in effusion and "pleural effusion" in effusion
+
+
+def test_a_term_naming_two_findings_counts_for_both():
+    labels = pd.DataFrame({"hydropneumothorax": [1, 0], "pneumothorax": [0, 0]})
+    nih = to_nih_findings(labels, "padchest")
+    assert nih["Pneumothorax"].tolist() == [1, 0]
+    assert nih["Effusion"].tolist() == [1, 0]  # no effusion term, yet the first image has one
+    assert "hydropneumothorax" in label_space_markdown().split("| Effusion |")[1].split("\n")[0]

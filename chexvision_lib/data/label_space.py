@@ -10,6 +10,10 @@ ignore it there rather than counting it negative. Labels kept out of the mapping
 - RSNA's "Lung Opacity" is the challenge's pneumonia target (opacities suspicious for pneumonia,
   read by radiologists on NIH images), so it maps to Pneumonia, as torchxrayvision maps it too.
 - Findings NIH does not have (fractures, support devices, enlarged cardiomediastinum, ...).
+A term that names two NIH findings at once maps to both (hydropneumothorax: Pneumothorax and
+Effusion). PadChest and Indiana label from report terms, an absent term counting negative, so
+every term that names an NIH finding or a subtype of one must be listed: a missing subtype
+would count its images negative.
 How each dataset's own values become 0/1/UNKNOWN (uncertainty, several readers, report terms) and
 how its Abnormal target is defined is its reader's job (data/sources/*.py); this module only maps
 names.
@@ -59,8 +63,12 @@ _CHEXPERT_MAP: dict[str, str | None] = {
 # PadChest (Bustos et al. 2020) report terms, lower case as in its `Labels` column. Only the terms
 # that name an NIH finding (or a named subtype of one) are listed; the other ~170 terms are
 # unmapped and only count towards Abnormal.
-_PADCHEST_MAP: dict[str, str | None] = {
+# A label's NIH finding, several findings, or None (unmapped: it counts towards Abnormal only).
+Target = str | tuple[str, ...] | None
+
+_PADCHEST_MAP: dict[str, Target] = {
     "atelectasis": "Atelectasis",
+    "atelectasis basal": "Atelectasis",
     "laminar atelectasis": "Atelectasis",
     "lobar atelectasis": "Atelectasis",
     "segmental atelectasis": "Atelectasis",
@@ -69,12 +77,15 @@ _PADCHEST_MAP: dict[str, str | None] = {
     "cardiomegaly": "Cardiomegaly",
     "pleural effusion": "Effusion",
     "loculated pleural effusion": "Effusion",
+    "loculated fissural effusion": "Effusion",
+    "hydropneumothorax": ("Pneumothorax", "Effusion"),
     "infiltrates": "Infiltration",
     "mass": "Mass",
     "pulmonary mass": "Mass",
     "nodule": "Nodule",
     "multiple nodules": "Nodule",
     "pneumonia": "Pneumonia",
+    "atypical pneumonia": "Pneumonia",
     "pneumothorax": "Pneumothorax",
     "consolidation": "Consolidation",
     "pulmonary edema": "Edema",
@@ -82,6 +93,7 @@ _PADCHEST_MAP: dict[str, str | None] = {
     "pulmonary fibrosis": "Fibrosis",
     "pleural thickening": "Pleural_Thickening",
     "apical pleural thickening": "Pleural_Thickening",
+    "calcified pleural thickening": "Pleural_Thickening",
     "hiatal hernia": "Hernia",
 }
 
@@ -93,7 +105,7 @@ _RSNA_MAP: dict[str, str | None] = {
 }
 
 # Indiana University / Open-i, `Problems` terms of indiana_reports.csv (MeSH-style, ';'-separated).
-_INDIANA_MAP: dict[str, str | None] = {
+_INDIANA_MAP: dict[str, Target] = {
     "Pulmonary Atelectasis": "Atelectasis",
     "Atelectases": "Atelectasis",
     "Cardiomegaly": "Cardiomegaly",
@@ -103,6 +115,7 @@ _INDIANA_MAP: dict[str, str | None] = {
     "Nodule": "Nodule",
     "Pneumonia": "Pneumonia",
     "Pneumothorax": "Pneumothorax",
+    "Hydropneumothorax": ("Pneumothorax", "Effusion"),
     "Consolidation": "Consolidation",
     "Pulmonary Edema": "Edema",
     "Edema": "Edema",
@@ -148,7 +161,7 @@ _VINDR_MAP: dict[str, str | None] = {
     "No finding": None,
 }
 
-LABEL_MAPS: dict[str, dict[str, str | None]] = {
+LABEL_MAPS: dict[str, dict[str, Target]] = {
     "nih": {finding: finding for finding in FINDINGS},
     "chexpert": _CHEXPERT_MAP,
     "mimic": _CHEXPERT_MAP,
@@ -158,12 +171,21 @@ LABEL_MAPS: dict[str, dict[str, str | None]] = {
     "vindr": _VINDR_MAP,
     "binary": {},
 }
+
+
+def targets(value: Target) -> tuple[str, ...]:
+    """The NIH findings one label maps to (none, one or several)."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 for _dataset, _mapping in LABEL_MAPS.items():  # a typo here would silently drop a finding
-    _wrong = {v for v in _mapping.values() if v is not None} - set(FINDINGS)
+    _wrong = {t for v in _mapping.values() for t in targets(v)} - set(FINDINGS)
     assert not _wrong, f"{_dataset}: {_wrong} are not NIH findings"
 
 
-def label_map(dataset: str) -> dict[str, str | None]:
+def label_map(dataset: str) -> dict[str, Target]:
     if dataset not in LABEL_MAPS:
         raise ValueError(f"dataset: unknown {dataset!r}; known: {sorted(LABEL_MAPS)}")
     return LABEL_MAPS[dataset]
@@ -171,7 +193,7 @@ def label_map(dataset: str) -> dict[str, str | None]:
 
 def provided_findings(dataset: str) -> list[str]:
     """The NIH findings a dataset labels (in FINDINGS order); the others are UNKNOWN there."""
-    mapped = {v for v in label_map(dataset).values() if v is not None}
+    mapped = {t for v in label_map(dataset).values() for t in targets(v)}
     return [finding for finding in FINDINGS if finding in mapped]
 
 
@@ -206,7 +228,7 @@ def to_nih_findings(labels: pd.DataFrame, dataset: str) -> pd.DataFrame:
         )
     out = {}
     for finding in FINDINGS:
-        sources = [c for c in labels.columns if mapping[c] == finding]
+        sources = [c for c in labels.columns if finding in targets(mapping[c])]
         out[finding] = combine_known(labels[sources].to_numpy()) if sources else UNKNOWN
     return pd.DataFrame(out, index=labels.index).astype("int8")
 
@@ -219,7 +241,7 @@ def label_space_markdown() -> str:
     for finding in FINDINGS:
         cells = []
         for dataset in datasets:
-            names = [k for k, v in LABEL_MAPS[dataset].items() if v == finding]
+            names = [k for k, v in LABEL_MAPS[dataset].items() if finding in targets(v)]
             cells.append(", ".join(names) if names else "-")
         lines.append(f"| {finding} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
